@@ -1,0 +1,138 @@
+"""Decode one image file of any common kind into a uint8 (C, H, W) array of a fixed size.
+
+Every failure is a `BadImage` whose message is the reason shown in the manifest's `skipped` list.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageColor, ImageFile, ImageOps, UnidentifiedImageError
+
+# Lower-case extensions we decode, and the PIL formats each may legitimately contain.
+EXTENSION_FORMATS = {
+    ".png": {"PNG"},
+    ".jpg": {"JPEG", "MPO"},
+    ".jpeg": {"JPEG", "MPO"},
+    ".jpe": {"JPEG", "MPO"},
+    ".bmp": {"BMP", "DIB"},
+    ".gif": {"GIF"},
+    ".webp": {"WEBP"},
+    ".tif": {"TIFF"},
+    ".tiff": {"TIFF"},
+}
+# Files that are never images and never worth a line in the skipped list.
+OS_DEBRIS = {"thumbs.db", "desktop.ini", ".ds_store", "icon\r", "ehthumbs.db"}
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is a bad file, not a half-grey image
+
+
+class BadImage(Exception):
+    """A file that cannot become a training image; str(e) is the reason."""
+
+
+def decode(data: bytes, ext: str, channels: int, size: int, resize: str, background: str,
+           max_pixels: int) -> np.ndarray:
+    """Bytes of one file -> uint8 array (channels, size, size)."""
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    expected = EXTENSION_FORMATS.get(ext.lower())
+    if expected is None:
+        raise BadImage(f"not an image extension: '{ext or '(none)'}'")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL warns about odd chunks; we judge by outcome
+        try:
+            im = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as e:
+            raise BadImage(f"decompression bomb: {e}") from None
+        except UnidentifiedImageError:
+            raise BadImage("not an image (unrecognised content)") from None
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt headers
+            raise BadImage(f"corrupt header: {e}") from None
+        if im.format not in expected:
+            raise BadImage(f"wrong extension: content is {im.format} but the name ends in '{ext}'")
+        w, h = im.size
+        if w * h > max_pixels:  # judged from the header: the pixels are never decoded
+            raise BadImage(f"decompression bomb: {w}x{h} = {w * h} pixels is over max_image_pixels={max_pixels}")
+        if w < 1 or h < 1:
+            raise BadImage(f"empty image ({w}x{h})")
+        try:
+            im.seek(0)  # GIF/WebP/TIFF: first frame
+            im.load()
+        except Exception as e:  # noqa: BLE001
+            raise BadImage(f"truncated or corrupt data: {e}") from None
+        try:
+            im = ImageOps.exif_transpose(im)  # camera JPEGs stored sideways come out upright
+        except Exception:  # noqa: BLE001 - a broken EXIF block is not worth losing the image for
+            pass
+        im = to_mode(im, channels, background)
+        im = fit(im, size, resize, background)
+    arr = np.asarray(im, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    return np.ascontiguousarray(arr)
+
+
+def to_mode(im: Image.Image, channels: int, background: str) -> Image.Image:
+    """Any PIL mode -> 'L' or 'RGB', compositing transparency over `background`."""
+    bg = ImageColor.getrgb(background)[:3]
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit grayscale: scale 0..65535 to 0..255 (clipping would make everything white)
+        a = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8), "L")
+    elif mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        scale = 255.0 if a.max(initial=0) <= 1.0 else 1.0
+        im = Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), "L")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode == "CMYK":
+        im = im.convert("RGB")
+    elif mode in ("P", "PA"):
+        im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
+    elif mode in ("RGBX", "YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+    elif mode in ("RGBa", "La"):
+        im = im.convert("RGBA")
+    elif mode == "L" and "transparency" in im.info:
+        im = im.convert("LA")
+    elif mode == "RGB" and "transparency" in im.info:
+        im = im.convert("RGBA")
+
+    if im.mode in ("RGBA", "LA"):
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, bg + (255,))
+        im = Image.alpha_composite(canvas, rgba).convert("RGB")
+    if im.mode not in ("L", "RGB"):
+        im = im.convert("RGB")
+    if channels == 1 and im.mode != "L":
+        im = im.convert("L")
+    elif channels == 3 and im.mode != "RGB":
+        im = im.convert("RGB")
+    return im
+
+
+def fit(im: Image.Image, size: int, resize: str, background: str) -> Image.Image:
+    """Center-crop (`crop`) or letterbox (`pad`) to a size x size square, antialiased."""
+    w, h = im.size
+    if resize == "crop":
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        im = im.crop((left, top, left + side, top + side))
+        if side != size:
+            im = im.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        return im
+    if resize == "pad":
+        scale = size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        if (nw, nh) != (w, h):
+            im = im.resize((nw, nh), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        fill = ImageColor.getrgb(background)[:3]
+        canvas = Image.new(im.mode, (size, size), fill if im.mode == "RGB" else ImageColor.getcolor(background, "L"))
+        canvas.paste(im, ((size - nw) // 2, (size - nh) // 2))
+        return canvas
+    raise ValueError(f"resize must be 'crop' or 'pad', not {resize!r}")

@@ -1,0 +1,100 @@
+"""The DCGAN of Radford et al. (2016), scaled to 32-256 pixels and 1 or 3 channels.
+
+Generator: z -> 4x4 by a transposed conv, then one stride-2 transposed conv per doubling, each with
+BatchNorm + ReLU, and tanh at the end. Discriminator: the mirror image, stride-2 convs with
+LeakyReLU(0.2) and BatchNorm after every conv but the first, ending in a 4x4 conv to one logit
+(no sigmoid: the loss is BCE-with-logits, which is safe under mixed precision).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+MAX_WIDTH_MULT = 8  # as in the paper's 64px model; caps the width of 128/256px models
+
+
+def _widths(image_size: int, base: int) -> list[int]:
+    """Channel count at 4x4, 8x8, ... up to image_size/2 for the generator (reverse for D)."""
+    n = int(math.log2(image_size)) - 2  # number of stride-2 layers
+    return [base * min(2 ** (n - 1 - i), MAX_WIDTH_MULT) for i in range(n)]
+
+
+def _check_size(image_size: int, channels: int):
+    if image_size < 8 or image_size & (image_size - 1):
+        raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+
+
+class Generator(nn.Module):
+    def __init__(self, image_size: int = 64, channels: int = 3, nz: int = 100, ngf: int = 64):
+        super().__init__()
+        _check_size(image_size, channels)
+        self.config = {"image_size": image_size, "channels": channels, "nz": nz, "ngf": ngf}
+        w = _widths(image_size, ngf)
+        layers = [nn.ConvTranspose2d(nz, w[0], 4, 1, 0, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU(True)]
+        for a, b in zip(w, w[1:]):
+            layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(w[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    @property
+    def nz(self) -> int:
+        return self.config["nz"]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() == 2:
+            z = z[:, :, None, None]
+        return self.net(z)
+
+
+class Discriminator(nn.Module):
+    def __init__(self, image_size: int = 64, channels: int = 3, ndf: int = 64):
+        super().__init__()
+        _check_size(image_size, channels)
+        self.config = {"image_size": image_size, "channels": channels, "ndf": ndf}
+        w = _widths(image_size, ndf)[::-1]
+        layers = [nn.Conv2d(channels, w[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+        for a, b in zip(w, w[1:]):
+            layers += [nn.Conv2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.LeakyReLU(0.2, inplace=True)]
+        layers += [nn.Conv2d(w[-1], 1, 4, 1, 0, bias=False)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten()  # one logit per image
+
+
+def init_weights(m: nn.Module):
+    """DCGAN init: conv weights N(0, 0.02); BatchNorm weight N(1, 0.02), bias 0."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+def save(model: nn.Module, path: Path):
+    """state_dict + architecture, loadable with torch.load(weights_only=True)."""
+    from .training import atomic_torch_save
+
+    kind = "generator" if isinstance(model, Generator) else "discriminator"
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save({"kind": kind, "config": dict(model.config), "state_dict": state}, path)
+
+
+def load(path: Path | str, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a Generator or Discriminator saved by `save`, in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file '{path}' not found (run `dvc repro train` or `dvc pull train`)")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        cls = {"generator": Generator, "discriminator": Discriminator}[blob["kind"]]
+        model = cls(**blob["config"])
+        model.load_state_dict(blob["state_dict"])
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"'{path}' is not a model saved by this project: {e}") from e
+    return model.to(device).eval()

