@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny params, and a temporary copy of the repository for dvc integration tests."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+POKEMON = ROOT.parent / "shared" / "datasets" / "pokemon"
+
+# Small enough that the whole DAG runs in seconds on 2 CPU cores.
+TINY = {
+    "epochs": 1, "nz": 16, "ngf": 8, "ndf": 8, "batch_size": 64, "device": "cpu",
+    "num_images": 16, "invert_steps": 20, "eval_images": 64, "memorisation_k": 16,
+}
+
+
+def env() -> dict:
+    """Environment for dvc/git subprocesses: the venv first on PATH, no prompts, no telemetry."""
+    e = dict(os.environ)
+    e["PATH"] = f"{VENV_BIN}{os.pathsep}{e.get('PATH', '')}"
+    e.update(DVC_NO_ANALYTICS="1", GIT_TERMINAL_PROMPT="0", PYTHONUNBUFFERED="1",
+             GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
+             GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com")
+    return e
+
+
+def sh(cmd: str | list, cwd: Path, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    """Run a command, capture output, and fail with that output when it fails unexpectedly."""
+    r = subprocess.run(cmd, cwd=cwd, shell=isinstance(cmd, str), env=kw.pop("env", None) or env(),
+                       capture_output=True, text=True, timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"`{cmd}` exited {r.returncode}\n--- stdout\n{r.stdout[-4000:]}\n--- stderr\n{r.stderr[-4000:]}")
+    return r
+
+
+def set_params(repo: Path, **changes):
+    path = repo / "params.yaml"
+    p = yaml.safe_load(path.read_text())
+    p.update(changes)
+    path.write_text(yaml.safe_dump(p, sort_keys=False))
+
+
+def copy_repo(dest: Path, params: dict | None = None) -> Path:
+    """Copy the project's files (tracked + untracked, not ignored) to `dest`, git init and commit there."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for f in filter(None, files):
+        src = ROOT / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    (dest / ".dvc" / "config.local").unlink(missing_ok=True)
+    set_params(dest, **{**TINY, **(params or {})})
+    sh("git init -q -b main && git add -A && git commit -qm 'copy of the project'", dest)
+    return dest
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """A fresh git+dvc copy of this repository with tiny params, outside the working tree."""
+    return copy_repo(tmp_path / "repo")

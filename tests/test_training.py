@@ -1,0 +1,179 @@
+"""Training: one step is sane; resume after SIGKILL is bit-identical; params changes start fresh."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, TINY, env
+from dcgan import params as P
+from dcgan import training
+
+
+def tiny_params(**changes) -> dict:
+    p = P.read(ROOT / "params.yaml")
+    p.update(TINY, batch_size=16, sample_every=1, checkpoint_every=1, epochs=3)
+    p.update(changes)
+    return p
+
+
+@pytest.fixture
+def prepared(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    d = tmp_path / "prepared"
+    d.mkdir()
+    # Blobs of varying brightness: structured enough that D and G have something to learn.
+    base = rng.integers(0, 256, (1, 1, 32, 32), dtype=np.uint8)
+    np.save(d / "train.npy", np.clip(base.astype(int) + rng.integers(-40, 40, (96, 1, 32, 32)), 0, 255).astype(np.uint8))
+    np.save(d / "val.npy", rng.integers(0, 256, (16, 1, 32, 32), dtype=np.uint8))
+    return d
+
+
+def run_train(tmp: Path, prepared: Path, out: str, **changes) -> dict:
+    """In-process training run with its own output folders under tmp/out."""
+    p = tiny_params(**changes)
+    train, val = np.load(prepared / "train.npy"), np.load(prepared / "val.npy")
+    lines = []
+    summary = training.train(p, train, val, tmp / out / "models", tmp / out / "live", tmp / out / "train.json",
+                             progress=False, log=lines.append)
+    return {"summary": summary, "log": lines}
+
+
+def weights(models: Path) -> dict:
+    g = torch.load(models / "generator.pt", weights_only=True)["state_dict"]
+    d = torch.load(models / "discriminator.pt", weights_only=True)["state_dict"]
+    return {**{"G." + k: v for k, v in g.items()}, **{"D." + k: v for k, v in d.items()}}
+
+
+def assert_identical(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def test_one_epoch_is_finite_changes_weights_and_logs(tmp_path, prepared):
+    r = run_train(tmp_path, prepared, "a", epochs=1)
+    s = r["summary"]
+    for k in ("loss_d", "loss_g", "d_real", "d_fake", "d_val", "images_per_s", "wall_s"):
+        assert np.isfinite(s[k]), k
+    assert s["epochs_done"] == 1 and 0 < s["d_real"] < 1 and 0 < s["d_fake"] < 1
+    torch.manual_seed(0)  # the same init the run started from
+    from dcgan.model import Generator, init_weights
+    G0 = Generator(32, 1, TINY["nz"], TINY["ngf"])
+    G0.apply(init_weights)
+    trained = torch.load(tmp_path / "a/models/generator.pt", weights_only=True)["state_dict"]
+    assert not torch.equal(G0.state_dict()["net.0.weight"], trained["net.0.weight"])
+    assert all(torch.isfinite(v.float()).all() for v in trained.values())
+    live = tmp_path / "a/live/plots"
+    for name in ("loss_d", "loss_g", "d_real", "d_fake", "d_val", "images_per_s", "epoch_s"):
+        rows = (live / "metrics" / f"{name}.tsv").read_text().splitlines()
+        assert rows[0].split("\t")[0] == "step" and len(rows) == 2, name
+    assert (live / "images/samples/00001.png").is_file()
+    assert json.loads((tmp_path / "a/train.json").read_text())["epochs_done"] == 1
+
+
+def test_raising_epochs_continues_and_equals_one_long_run(tmp_path, prepared):
+    run_train(tmp_path, prepared, "long", epochs=3)
+    run_train(tmp_path, prepared, "short", epochs=2)
+    r = run_train(tmp_path, prepared, "short", epochs=3)
+    assert any("resuming from checkpoint at epoch 2" in line for line in r["log"])
+    assert_identical(weights(tmp_path / "long/models"), weights(tmp_path / "short/models"))
+    steps = [line.split("\t")[0] for line in (tmp_path / "short/live/plots/metrics/loss_g.tsv").read_text().splitlines()]
+    assert steps == ["step", "1", "2", "3"]  # earlier epochs' series kept, no duplicates
+
+
+def test_changed_training_param_starts_fresh_and_says_why(tmp_path, prepared):
+    run_train(tmp_path, prepared, "a", epochs=1)
+    r = run_train(tmp_path, prepared, "a", epochs=2, lr_g=0.001)
+    why = [line for line in r["log"] if "starting fresh" in line]
+    assert why and "lr_g" in why[0]
+    steps = [line.split("\t")[0] for line in (tmp_path / "a/live/plots/metrics/loss_g.tsv").read_text().splitlines()]
+    assert steps == ["step", "1", "2"]  # the old run's series were cleared
+
+
+def test_changed_data_starts_fresh(tmp_path, prepared):
+    run_train(tmp_path, prepared, "a", epochs=1)
+    np.save(prepared / "train.npy", np.load(prepared / "train.npy")[:-5])
+    r = run_train(tmp_path, prepared, "a", epochs=2)
+    assert any("prepared data" in line and "starting fresh" in line for line in r["log"])
+
+
+def test_checkpoint_loads_with_weights_only_and_holds_all_state(tmp_path, prepared):
+    run_train(tmp_path, prepared, "a", epochs=1)
+    ckpt = torch.load(tmp_path / "a/models/checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 1
+    assert {"G", "D", "opt_g", "opt_d", "rng", "fingerprint", "fixed_noise"} <= set(ckpt)
+    assert {"python", "numpy", "torch", "cuda"} <= set(ckpt["rng"])
+
+
+def _write_params(path: Path, **changes):
+    path.write_text(yaml.safe_dump(tiny_params(**changes), sort_keys=False))
+
+
+def _train_cmd(tmp: Path, out: str, prepared: Path, params: Path) -> list:
+    return [sys.executable, str(ROOT / "stages/train.py"), "--params", str(params), "--prepared", str(prepared),
+            "--models", str(tmp / out / "models"), "--live", str(tmp / out / "live"),
+            "--summary", str(tmp / out / "train.json")]
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path, prepared):
+    params = tmp_path / "params.yaml"
+    _write_params(params, epochs=5)
+    subprocess.run(_train_cmd(tmp_path, "ref", prepared, params), env=env(), check=True, capture_output=True)
+
+    ckpt = tmp_path / "killed/models/checkpoint.pt"
+    proc = subprocess.Popen(_train_cmd(tmp_path, "killed", prepared, params), env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    epoch = 0
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file():
+            try:
+                epoch = torch.load(ckpt, weights_only=True)["epoch"]
+            except Exception:  # noqa: BLE001 - a reader racing os.replace sees the old or new file, never half
+                epoch = 0
+            if epoch >= 2:
+                break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be killed; the test proves nothing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed/models/generator.pt").exists()  # it really died mid-run
+
+    r = subprocess.run(_train_cmd(tmp_path, "killed", prepared, params), env=env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "resuming from checkpoint at epoch" in r.stdout
+    assert_identical(weights(tmp_path / "ref/models"), weights(tmp_path / "killed/models"))
+    steps = [line.split("\t")[0] for line in (tmp_path / "killed/live/plots/metrics/loss_d.tsv").read_text().splitlines()]
+    assert steps == ["step", "1", "2", "3", "4", "5"]
+
+
+def test_invalid_param_stops_before_training(tmp_path, prepared):
+    params = tmp_path / "params.yaml"
+    _write_params(params, lr_d=-1.0)
+    r = subprocess.run(_train_cmd(tmp_path, "x", prepared, params), env=env(), capture_output=True, text=True)
+    assert r.returncode == 2 and "lr_d" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x/models").exists()
+
+
+def test_unavailable_device_is_named(tmp_path, prepared):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    params = tmp_path / "params.yaml"
+    _write_params(params, device="cuda")
+    r = subprocess.run(_train_cmd(tmp_path, "x", prepared, params), env=env(), capture_output=True, text=True)
+    assert r.returncode == 2 and "device" in r.stderr and "cuda" in r.stderr
+
+
+def test_auto_device_picks_cpu_without_accelerators():
+    if torch.cuda.is_available():
+        assert training.pick_device("auto").type == "cuda"
+    else:
+        assert training.pick_device("auto").type in ("cpu", "mps")
