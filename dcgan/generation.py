@@ -44,7 +44,9 @@ def write_samples(G, out_dir: Path, n: int, seed: int, device, progress: bool = 
     with tqdm(total=n, desc="generate", unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, n, BATCH):
             m = min(BATCH, n - start)
-            imgs = generate(G, torch.randn(m, G.nz, generator=gen), device)
+            # Always draw a full batch of noise: image i is then the same whatever n is
+            # (torch draws short and long normal runs with different algorithms).
+            imgs = generate(G, torch.randn(BATCH, G.nz, generator=gen)[:m], device)
             for j, img in enumerate(imgs):
                 pictures.to_pil(img).save(out_dir / f"{start + j:0{width}d}.png")
             bar.update(m)

@@ -1,0 +1,160 @@
+"""generate: samples, latent -> image with good and bad lines, image -> latent round trip, the CLI."""
+import base64
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, env
+from dcgan import generation, pictures
+from dcgan.model import Generator, save
+
+NZ = 8
+
+
+@pytest.fixture(scope="module")
+def G():
+    torch.manual_seed(0)
+    g = Generator(32, 1, nz=NZ, ngf=8)  # PyTorch's default init: more varied images than DCGAN's at step 0
+    # Give BatchNorm running statistics that match its inputs, as training would.
+    g.train()
+    with torch.no_grad():
+        for _ in range(20):
+            g(torch.randn(64, NZ))
+        g.net[-2].weight.mul_(30)  # spread the untrained outputs over the pixel range, like a trained model's
+    return g.eval()
+
+
+@pytest.fixture
+def model_file(G, tmp_path):
+    save(G, tmp_path / "generator.pt")
+    return tmp_path / "generator.pt"
+
+
+def test_eval_mode_image_depends_only_on_its_own_z(G):
+    z = torch.randn(4, NZ)
+    alone = generation.generate(G, z[:1], "cpu")
+    batched = generation.generate(G, z, "cpu")
+    assert np.array_equal(alone[0], batched[0])
+
+
+def test_write_samples_is_seeded_and_batched(G, tmp_path):
+    generation.write_samples(G, tmp_path / "a", 300, seed=3, device="cpu", progress=False)  # > one batch
+    generation.write_samples(G, tmp_path / "b", 5, seed=3, device="cpu", progress=False)
+    files = sorted((tmp_path / "a").glob("*.png"))
+    assert len(files) == 300 and files[0].name == "000000.png"
+    assert (tmp_path / "a/000004.png").read_bytes() == (tmp_path / "b/000004.png").read_bytes()
+    assert np.asarray(Image.open(files[0])).shape == (32, 32)
+
+
+def test_slerp_ends_and_norm():
+    a, b = torch.randn(NZ), torch.randn(NZ)
+    assert torch.allclose(generation.slerp(a, b, 0.0), a, atol=1e-5)
+    assert torch.allclose(generation.slerp(a, b, 1.0), b, atol=1e-5)
+    mid = generation.slerp(a, b, 0.5)
+    lin = (a + b) / 2
+    assert mid.norm() > lin.norm()  # stays near the shell instead of cutting through it
+
+
+def test_parse_latents_reports_each_bad_line_and_keeps_good_ones():
+    lines = [
+        json.dumps({"key": "ok1", "z": [0.1] * NZ}),
+        json.dumps({"key": "short", "z": [0.1] * (NZ - 1)}),
+        "{not json",
+        json.dumps({"key": "words", "z": ["a"] * NZ}),
+        json.dumps({"key": "ok1", "z": [0.2] * NZ}),
+        json.dumps({"key": "legacy", "embeddings": [0.3] * NZ}),
+        json.dumps({"key": "../evil", "z": [0.0] * NZ}),
+        "",
+        json.dumps({"key": "nan", "z": [float("nan")] * NZ}).replace("NaN", "NaN"),
+    ]
+    good, errors = generation.parse_latents("\n".join(lines), NZ)
+    assert [k for k, _ in good] == ["ok1", "legacy"]
+    by_line = {e.line: e.message for e in errors}
+    assert "has 7 numbers" in by_line[2] and "nz is 8" in by_line[2]
+    assert "bad JSON" in by_line[3]
+    assert "numbers" in by_line[4]
+    assert "duplicate key" in by_line[5]
+    assert "file name" in by_line[7]
+    assert "NaN" in by_line[9]
+    assert 8 not in by_line  # blank lines are not errors
+
+
+def test_latents_cli_writes_good_lines_and_fails_only_when_none_usable(model_file, tmp_path):
+    good = {"key": "seven", "z": [0.5] * NZ}
+    inp = tmp_path / "z.jsonl"
+    inp.write_text(json.dumps(good) + "\n" + json.dumps({"key": "bad", "z": [1]}) + "\n")
+    cmd = [sys.executable, str(ROOT / "stages/generate.py"), "latents", "--model", str(model_file),
+           "--input", str(inp), "--out", str(tmp_path / "out"), "--device", "cpu", "--params", str(tmp_path / "none")]
+    r = subprocess.run(cmd, env=env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "line 2" in r.stderr
+    assert (tmp_path / "out/seven.png").is_file() and not (tmp_path / "out/bad.png").exists()
+
+    inp.write_text(json.dumps({"key": "bad", "z": [1]}) + "\n")
+    r = subprocess.run(cmd, env=env(), capture_output=True, text=True)
+    assert r.returncode == 2 and "no usable line" in r.stderr
+
+
+def test_inversion_round_trip_recovers_a_known_latent(G):
+    torch.manual_seed(1)
+    z_true = torch.randn(4, NZ)
+    target = generation.generate(G, z_true, "cpu")
+    z, err = generation.invert(G, target, steps=150, device="cpu", progress=False)
+    recon = generation.generate(G, torch.from_numpy(z), "cpu")
+    random_err = ((pictures.to_float(generation.generate(G, torch.randn(4, NZ), "cpu")) - pictures.to_float(target)) ** 2
+                  ).flatten(1).mean(1).numpy()
+    assert np.all(err < 0.2 * random_err), (err, random_err)
+    assert np.abs(recon.astype(int) - target.astype(int)).mean() < 8  # out of 255
+
+
+def test_invert_cli_on_folder_and_base64_jsonl(G, model_file, tmp_path):
+    imgs = generation.generate(G, torch.randn(2, NZ), "cpu")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    lines = []
+    for i, img in enumerate(imgs):
+        pictures.to_pil(img).save(folder / f"img {i}.png")
+        buf = io.BytesIO()
+        pictures.to_pil(img).save(buf, format="PNG")
+        lines.append(json.dumps({"key": f"k{i}", "image_bytes": {"b64": base64.b64encode(buf.getvalue()).decode()}}))
+    lines.append(json.dumps({"key": "broken", "image_bytes": {"b64": "bm90IGFuIGltYWdl"}}))
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    for inp, keys in ((folder, {"img 0", "img 1"}), (tmp_path / "in.jsonl", {"k0", "k1"})):
+        out = tmp_path / ("out_" + inp.name)
+        r = subprocess.run([sys.executable, str(ROOT / "stages/generate.py"), "invert", "--model", str(model_file),
+                            "--input", str(inp), "--out", str(out), "--steps", "30", "--device", "cpu",
+                            "--params", str(tmp_path / "none")], env=env(), capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        recs = [json.loads(x) for x in (out / "latents.jsonl").read_text().splitlines()]
+        assert {rec["key"] for rec in recs} == keys
+        assert all(len(rec["z"]) == NZ and rec["reconstruction_mse"] >= 0 for rec in recs)
+        assert (out / "comparison.png").is_file()
+    assert "line 3" in r.stderr  # the broken base64 image is reported by line number
+
+
+def test_sample_cli_help_and_outputs(model_file, tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "stages/generate.py"), "--help"], env=env(), capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "latents" in r.stdout and "invert" in r.stdout
+    real = tmp_path / "real.npy"
+    np.save(real, np.random.default_rng(0).integers(0, 256, (3, 1, 32, 32), dtype=np.uint8))
+    r = subprocess.run([sys.executable, str(ROOT / "stages/generate.py"), "sample", "--model", str(model_file),
+                        "--out", str(tmp_path / "g"), "--num", "10", "--steps", "5", "--real", str(real),
+                        "--device", "cpu", "--params", str(tmp_path / "none")], env=env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "g/images").glob("*.png"))) == 10
+    for name in ("grid.png", "interpolation.png", "inversion.png"):
+        assert Image.open(tmp_path / "g" / name).size[0] > 64
+
+
+def test_sample_cli_names_a_missing_model(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "stages/generate.py"), "sample", "--model", str(tmp_path / "x.pt"),
+                        "--out", str(tmp_path / "g"), "--params", str(tmp_path / "none")], env=env(),
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "x.pt" in r.stderr and "Traceback" not in r.stderr
