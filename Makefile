@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup repro push report bench clean-venv
+.PHONY: run test setup repro push report bench clean-venv storage-up storage-down storage-status
 
 # The virtual environment is rebuilt only when requirements.txt changes.
 $(STAMP): requirements.txt
@@ -17,8 +17,22 @@ $(STAMP): requirements.txt
 
 setup: $(STAMP)
 
+# Last step: `dvc push` to the default remote. When that is the project's own S3 server it is started first;
+# when the remote is unreachable (e.g. an AWS bucket without credentials) one line says so and make exits 0.
 run: setup
 	dvc repro
+	$(PY) -m dcgan.storage push
+
+# The project's own S3 server (rclone serve s3 on 127.0.0.1; objects under ~/.local/share/dcgan-s3/data,
+# or $DCGAN_S3_HOME/data): start it, create the bucket, write its keys to .dvc/config.local. Idempotent.
+storage-up: setup
+	$(PY) -m dcgan.storage up
+
+storage-down:
+	$(PY) -m dcgan.storage down
+
+storage-status:
+	@$(PY) -m dcgan.storage status || true
 
 test: setup
 	$(PY) -m pytest

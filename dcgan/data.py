@@ -82,7 +82,7 @@ def _load_one(args):
     source, name, s = args
     try:
         data = _read(source, name)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 - OSError, or a corrupt/encrypted zip member (BadZipFile, zlib.error, ...)
         return name, None, None, f"unreadable: {e}"
     digest = hashlib.sha256(data).hexdigest()
     try:

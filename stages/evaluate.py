@@ -1,0 +1,51 @@
+"""evaluate stage: score the generator against the test split (SWD, FID/KID, D as a classifier, memorisation)."""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan package lives at the repo root
+
+from dcgan import cli, data, evaluation, model, params, training  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", type=Path, default=params.PARAMS_FILE)
+    ap.add_argument("--prepared", type=Path, default=Path("data/prepared"))
+    ap.add_argument("--models", type=Path, default=Path("models"))
+    ap.add_argument("--out-json", type=Path, default=Path("metrics/eval.json"))
+    ap.add_argument("--out-dir", type=Path, default=Path("metrics/eval"), help="folder of the pictures")
+    args = ap.parse_args()
+    p = params.load("evaluate", args.params)
+    try:
+        device = training.pick_device(p["device"])
+    except ValueError as e:
+        raise params.ParamError(f"{args.params}: 'device' {e}") from None
+    for split in ("train", "test"):
+        if not (args.prepared / f"{split}.npy").is_file():
+            raise cli.UserError(f"{args.prepared / f'{split}.npy'} not found: run `dvc repro prepare` first")
+    models = {}
+    for name in ("generator", "discriminator"):
+        path = args.models / f"{name}.pt"
+        if not path.is_file():
+            raise cli.UserError(f"{path} not found: run `dvc repro train` (or `dvc pull train`) first")
+        try:
+            models[name] = model.load(path, device)
+        except ValueError as e:
+            raise cli.UserError(str(e)) from None
+    train_arr = data.load_split(args.prepared, "train")
+    test_arr = data.load_split(args.prepared, "test")
+    try:
+        evaluation.check_compatible(models["generator"], models["discriminator"], train_arr, test_arr)
+    except ValueError as e:
+        raise cli.UserError(str(e)) from None
+    res = evaluation.evaluate(models["generator"], models["discriminator"], train_arr, test_arr, p,
+                              args.out_json, args.out_dir, device)
+    shown = ("swd", "swd_floor", "fid", "fid_floor", "kid", "d_accuracy", "memorisation_median_distance",
+             "memorisation_median_distance_test", "wall_s")
+    print("done: " + ", ".join(f"{k}={res[k]:.4g}" for k in shown if res.get(k) is not None))
+    print(f"wrote {args.out_json} and {args.out_dir}/")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,241 @@
+"""dcgan.evaluation end to end on a tiny untrained model, the evaluate stage script, and the HTML report."""
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from dcgan import evaluation, metrics, pictures, report
+from dcgan.model import Discriminator, Generator, init_weights, save
+
+ROOT = Path(__file__).resolve().parents[1]
+
+EXPECTED_KEYS = {
+    "n_generated", "n_test", "n_train",
+    "swd", "swd_32px", "swd_16px", "swd_floor", "swd_floor_32px", "swd_floor_16px",
+    "fid", "kid", "kid_std", "fid_floor", "kid_floor",
+    "d_accuracy", "d_accuracy_real", "d_accuracy_fake", "d_tn", "d_fp", "d_fn", "d_tp",
+    "memorisation_k", "memorisation_median_distance", "memorisation_min_distance",
+    "memorisation_median_distance_test", "memorisation_ratio", "wall_s",
+}
+FID_KEYS = {"fid", "kid", "kid_std", "fid_floor", "kid_floor"}
+PARAMS = {"eval_images": 40, "fid_weights": "", "memorisation_k": 12, "device": "cpu", "seed": 0}
+
+
+def tiny_models(seed: int = 0):
+    torch.manual_seed(seed)
+    g, d = Generator(32, 1, nz=16, ngf=8), Discriminator(32, 1, ndf=8)
+    g.apply(init_weights)
+    d.apply(init_weights)
+    return g.eval(), d.eval()
+
+
+def random_split(n: int, seed: int, channels: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, channels, 32, 32), dtype=np.uint8)
+
+
+@pytest.fixture
+def no_hub(tmp_path, monkeypatch):
+    """An empty torch hub cache, and any download attempt fails the test."""
+    def no_network(*a, **k):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+
+
+def test_evaluate_end_to_end_without_fid_weights(tmp_path, no_hub):
+    g, d = tiny_models()
+    train, test = random_split(80, 1), random_split(30, 2)
+    out_json, out_dir = tmp_path / "metrics" / "eval.json", tmp_path / "metrics" / "eval"
+    msgs = []
+    res = evaluation.evaluate(g, d, train, test, PARAMS, out_json, out_dir, "cpu", progress=False, log=msgs.append)
+    data = json.loads(out_json.read_text())
+    assert data == res
+    assert set(data) == EXPECTED_KEYS
+    for k in FID_KEYS:
+        assert data[k] is None
+    assert any(metrics.FID_WEIGHTS_FILE in m and "skipped" in m for m in msgs)
+    for k, v in data.items():
+        if k not in FID_KEYS:
+            assert isinstance(v, (int, float)) and math.isfinite(v), (k, v)
+    assert (data["n_generated"], data["n_test"], data["n_train"], data["memorisation_k"]) == (40, 30, 80, 12)
+    assert data["d_tn"] + data["d_fp"] + data["d_fn"] + data["d_tp"] == 60  # 30 real + 30 generated
+    assert data["d_tn"] + data["d_fp"] == data["d_fn"] + data["d_tp"] == 30
+    assert 0 <= data["d_accuracy"] <= 1
+    assert data["swd"] > 0 and data["swd_floor"] > 0
+    assert data["swd"] == pytest.approx((data["swd_32px"] + data["swd_16px"]) / 2)
+    # an untrained generator is far from the data; real images are not
+    assert data["swd"] > data["swd_floor"]
+    for name in ("confusion_matrix.png", "memorisation.png", "samples.png"):
+        with Image.open(out_dir / name) as im:
+            im.verify()
+    with Image.open(out_dir / "samples.png") as im:  # 40 images: 8 per row, 64px tiles
+        assert im.size == (8 * 66 + 2, 5 * 66 + 2)
+    with Image.open(out_dir / "memorisation.png") as im:  # 12 pairs: 3 columns of 4 (generated | training)
+        assert im.size == (3 * (2 * 66 + 2) + 2 * 12, 4 * 66 + 2)
+
+
+def test_evaluate_is_deterministic_and_uses_extractor(tmp_path, no_hub):
+    class MeanStd:
+        """Stand-in feature extractor: a few image statistics."""
+
+        calls = 0
+
+        def features(self, images):
+            MeanStd.calls += 1
+            x = images.reshape(len(images), -1).astype(np.float64) / 255
+            return np.stack([x.mean(1), x.std(1), (x > 0.5).mean(1), x.max(1)], 1)
+
+    g, d = tiny_models()
+    train, test = random_split(60, 3), random_split(24, 4)
+    p = {**PARAMS, "eval_images": 32, "memorisation_k": 8}
+    a = evaluation.evaluate(g, d, train, test, p, tmp_path / "a.json", tmp_path / "a", "cpu",
+                            extractor=MeanStd(), progress=False, log=lambda m: None)
+    b = evaluation.evaluate(g, d, train, test, p, tmp_path / "b.json", tmp_path / "b", "cpu",
+                            extractor=MeanStd(), progress=False, log=lambda m: None)
+    assert MeanStd.calls == 6  # generated, test, train subset; twice
+    for k in FID_KEYS:
+        assert a[k] is not None and math.isfinite(a[k])
+    assert a["fid"] > a["fid_floor"]
+    a.pop("wall_s"), b.pop("wall_s")
+    assert a == b
+    assert (tmp_path / "a" / "samples.png").read_bytes() == (tmp_path / "b" / "samples.png").read_bytes()
+
+
+def test_memorisation_picture_shows_planted_copy(tmp_path, no_hub):
+    """A generator that outputs a training image exactly: distance 0, ratio 0, the pair in the picture."""
+    g, d = tiny_models()
+    train = random_split(50, 5)
+    copy = torch.from_numpy(train[7:8]).float() / 127.5 - 1
+
+    class Copier(torch.nn.Module):
+        nz, config = 16, {"image_size": 32, "channels": 1, "nz": 16}
+
+        def forward(self, z):
+            return copy.expand(len(z), -1, -1, -1)
+
+    res = evaluation.evaluate(Copier(), d, train, random_split(20, 6), {**PARAMS, "eval_images": 16},
+                              tmp_path / "e.json", tmp_path / "e", "cpu", extractor=None, progress=False,
+                              log=lambda m: None)
+    assert res["memorisation_median_distance"] == 0 and res["memorisation_ratio"] == 0
+    assert res["memorisation_median_distance_test"] > 0
+    top = np.asarray(Image.open(tmp_path / "e" / "memorisation.png"))[2:66]
+    assert (top[:, 2:66] == top[:, 68:132]).all()  # generated | nearest training image are the same picture
+
+
+def test_check_compatible_names_the_mismatch():
+    g, d = tiny_models()
+    with pytest.raises(ValueError, match="trained on 1x32px.*prepared data is 3x32px"):
+        evaluation.check_compatible(g, d, random_split(10, 0, 3), random_split(10, 1, 3))
+    with pytest.raises(ValueError, match="test split has 1 images"):
+        evaluation.check_compatible(g, d, random_split(10, 0), random_split(1, 1))
+
+
+def test_confusion_png():
+    img = evaluation.confusion_png(np.array([[40, 10], [5, 45]]), 0.85)
+    assert img.mode == "RGB" and img.size[0] > 300
+    px = np.asarray(img)
+    assert (px.reshape(-1, 3).std(0) > 10).all()  # coloured, not blank
+
+
+# ---- the evaluate stage script ----
+
+def stage_dir(tmp_path: Path, with_models: bool = True) -> Path:
+    (tmp_path / "data" / "prepared").mkdir(parents=True)
+    np.save(tmp_path / "data" / "prepared" / "train.npy", random_split(50, 1))
+    np.save(tmp_path / "data" / "prepared" / "test.npy", random_split(20, 2))
+    params = {**PARAMS, "eval_images": 20, "memorisation_k": 8, "fid_weights": str(tmp_path / "absent.pth")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    if with_models:
+        g, d = tiny_models()
+        save(g, tmp_path / "models" / "generator.pt")
+        save(d, tmp_path / "models" / "discriminator.pt")
+    return tmp_path
+
+
+def run_stage(cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py")], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_stage_writes_metrics(tmp_path):
+    r = run_stage(stage_dir(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads((tmp_path / "metrics" / "eval.json").read_text())) == EXPECTED_KEYS
+    assert sorted(p.name for p in (tmp_path / "metrics" / "eval").iterdir()) == [
+        "confusion_matrix.png", "memorisation.png", "samples.png"]
+    lines = [ln for ln in r.stdout.splitlines() if "FID/KID skipped" in ln]
+    assert len(lines) == 1 and "absent.pth" in lines[0]
+
+
+def test_stage_missing_model_is_one_line_error(tmp_path):
+    r = run_stage(stage_dir(tmp_path, with_models=False))
+    assert r.returncode == 2
+    assert "models/generator.pt not found" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---- the HTML report ----
+
+def fabricate_run(root: Path):
+    """metrics/train (dvclive layout), metrics/train.json, metrics/eval.json and metrics/eval/*.png."""
+    live = root / "metrics" / "train" / "plots"
+    (live / "metrics").mkdir(parents=True)
+    series = {"loss_d": [1.2, 0.9, 0.7, 0.65], "loss_g": [2.5, 3.1, 3.4, 3.3], "d_real": [0.7, 0.8, 0.85, 0.86],
+              "d_fake": [0.3, 0.2, 0.15, 0.14], "d_val": [0.69, 0.75, 0.7, 0.66], "images_per_s": [900, 950, 940, 960]}
+    for name, values in series.items():
+        with open(live / "metrics" / f"{name}.tsv", "w", newline="") as f:
+            w = csv.writer(f, delimiter="\t", lineterminator="\n")
+            w.writerow(["timestamp", "step", name])
+            for step, v in enumerate(values, 1):
+                w.writerow([1700000000000 + step, step, v])
+    rng = np.random.default_rng(0)
+    for epoch in range(1, 11):
+        pictures.save_png(pictures.grid(rng.integers(0, 256, (16, 1, 32, 32), dtype=np.uint8), nrow=4),
+                          live / "images" / "samples" / f"{epoch:05d}.png")
+    (root / "metrics" / "train.json").write_text(json.dumps({"epochs_done": 10, "loss_d": 0.65, "wall_s": 123.4}))
+    ev = {k: 0.5 for k in EXPECTED_KEYS}
+    ev.update(fid=None, kid=None, kid_std=None, fid_floor=None, kid_floor=None, swd=31.4159, swd_floor=7.25,
+              d_accuracy=0.8125, memorisation_median_distance=1234.5, n_generated=1000)
+    (root / "metrics" / "eval.json").write_text(json.dumps(ev))
+    for name in ("confusion_matrix.png", "memorisation.png", "samples.png"):
+        pictures.save_png(pictures.grid(rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)),
+                          root / "metrics" / "eval" / name)
+
+
+def test_report_is_self_contained(tmp_path):
+    fabricate_run(tmp_path)
+    out = tmp_path / "report" / "index.html"
+    report.build(tmp_path / "metrics", out)
+    html = out.read_text()
+    assert not re.search(r"https?://", html)
+    assert "<script" not in html.lower()
+    imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(imgs) >= 3 + 2  # eval pictures + several sample grids
+    for b64 in imgs:
+        assert base64.b64decode(b64).startswith(b"\x89PNG")
+    assert html.count("<svg") >= 3  # losses, D outputs, throughput
+    assert "loss_d" in html and "<polyline" in html
+    assert "epoch 1" in html and "epoch 10" in html  # the sample grids span first -> last
+    for value in ("31.42", "7.25", "81.2%", "1234.5", "123.4"):
+        assert value in html, value
+    assert "n/a" in html  # fid null
+
+
+def test_report_with_nothing_yet(tmp_path):
+    out = tmp_path / "index.html"
+    report.build(tmp_path / "metrics", out)
+    html = out.read_text()
+    assert "dvc repro" in html and not re.search(r"https?://", html)

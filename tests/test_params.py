@@ -1,0 +1,279 @@
+"""params.yaml validation: every key rejects a bad value with a message naming the key."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import ROOT, sh
+from dcgan import params
+from dcgan.params import ParamError
+
+REAL = params.read(ROOT / "params.yaml")
+
+
+def stage_of(key: str) -> str:
+    return next(s for s, keys in params.STAGE_KEYS.items() if key in keys)
+
+
+def check(key, value, *words):
+    """Setting `key` to `value` in the real params must fail for the stage that reads it, naming the key."""
+    d = {**REAL, key: value}
+    stage = stage_of(key)
+    with pytest.raises(ParamError) as e:
+        params.validate(d, params.STAGE_KEYS[stage])
+    msg = str(e.value)
+    assert f"'{key}'" in msg, msg
+    for w in words:
+        assert w in msg, msg
+    return msg
+
+
+def test_real_params_are_valid_for_every_stage():
+    for stage in params.STAGE_KEYS:
+        out = params.load(stage, ROOT / "params.yaml")
+        assert set(out) == set(params.STAGE_KEYS[stage])
+
+
+def test_every_schema_key_is_in_params_yaml_and_read_by_a_stage():
+    assert set(REAL) == set(params.SCHEMA)
+    read_by_stages = {k for keys in params.STAGE_KEYS.values() for k in keys}
+    assert read_by_stages == set(params.SCHEMA)
+
+
+# --- prepare --------------------------------------------------------------------------------------
+
+PREPARE_CASES = [
+    ("source", "", "must not be empty"),
+    ("source", "   ", "must not be empty"),
+    ("source", None, "must be a str"),
+    ("image_size", 100, "power of two from 32 to 256"),
+    ("image_size", 16, "power of two from 32 to 256"),
+    ("image_size", 512, "power of two from 32 to 256"),
+    ("image_size", 0, "power of two from 32 to 256"),
+    ("image_size", "64", "must be an int"),
+    ("image_size", True, "must be an int"),
+    ("image_size", 64.0, "must be an int"),
+    ("channels", 2, "must be one of 1, 3"),
+    ("channels", 4, "must be one of 1, 3"),
+    ("channels", "3", "must be an int"),
+    ("resize", "stretch", "must be one of 'crop', 'pad'"),
+    ("resize", 1, "must be a str"),
+    ("background", "notacolour", "colour name or hex code"),
+    ("background", "#ggg", "colour name or hex code"),
+    ("background", 255, "must be a str"),
+    ("val_fraction", 0.7, "must be in [0, 0.5]"),
+    ("val_fraction", "0.1", "must be a float"),
+    ("val_fraction", float("nan"), "must be a float"),
+    ("val_fraction", True, "must be a float"),
+    ("test_fraction", -0.1, "must be in [0, 0.5]"),
+    ("test_fraction", float("inf"), "must be a float"),
+    ("max_skipped_fraction", 2, "must be in [0, 1]"),
+    ("max_skipped_fraction", -0.01, "must be in [0, 1]"),
+    ("max_image_pixels", 0, "must be >= 1"),
+    ("max_image_pixels", -5, "must be >= 1"),
+    ("max_image_pixels", 1.5e8, "must be an int"),
+]
+
+
+@pytest.mark.parametrize("key, value, words", PREPARE_CASES, ids=[f"{k}={v!r}" for k, v, _ in PREPARE_CASES])
+def test_prepare_param_rejected(key, value, words):
+    check(key, value, words)
+
+
+def test_image_size_message():
+    msg = check("image_size", 100)
+    assert "image_size" in msg and "power of two from 32 to 256" in msg and "100" in msg
+
+
+def test_every_prepare_key_has_a_case():
+    assert {k for k, _, _ in PREPARE_CASES} == set(params.STAGE_KEYS["prepare"])
+
+
+@pytest.mark.parametrize("key, value", [
+    ("image_size", 32), ("image_size", 64), ("image_size", 128), ("image_size", 256),
+    ("channels", 1), ("channels", 3), ("resize", "crop"), ("resize", "pad"),
+    ("background", "#ff8800"), ("background", "black"), ("val_fraction", 0), ("val_fraction", 0.5),
+    ("test_fraction", 0.0), ("max_skipped_fraction", 0), ("max_skipped_fraction", 1), ("max_image_pixels", 1),
+])
+def test_prepare_value_accepted(key, value):
+    out = params.validate({**REAL, key: value}, params.STAGE_KEYS["prepare"])
+    assert out[key] == value
+
+
+def test_int_given_for_a_float_becomes_float():
+    out = params.validate({**REAL, "val_fraction": 0, "max_skipped_fraction": 1}, params.STAGE_KEYS["prepare"])
+    assert type(out["val_fraction"]) is float and type(out["max_skipped_fraction"]) is float
+
+
+def test_val_plus_test_must_leave_training_images():
+    with pytest.raises(ParamError, match="'val_fraction' \\+ 'test_fraction' must be below 1"):
+        params.validate({**REAL, "val_fraction": 0.5, "test_fraction": 0.5}, params.STAGE_KEYS["prepare"])
+
+
+# --- the other stages -----------------------------------------------------------------------------
+
+OTHER_CASES = [
+    ("nz", 0, "must be in [1, 4096]"),
+    ("nz", "100", "must be an int"),
+    ("ngf", 0, "must be in [1, 1024]"),
+    ("ngf", 2048, "must be in [1, 1024]"),
+    ("ndf", 0, "must be in [1, 1024]"),
+    ("ndf", 64.5, "must be an int"),
+    ("epochs", 0, "must be >= 1"),
+    ("epochs", True, "must be an int"),
+    ("batch_size", 0, "must be in [1, 65536]"),
+    ("lr_g", 0, "must be in (0, 1]"),
+    ("lr_g", "2e-4", "must be a float"),  # YAML 1.1 reads 2e-4 (no dot) as a string
+    ("lr_d", 1.5, "must be in (0, 1]"),
+    ("lr_d", -0.0002, "must be in (0, 1]"),
+    ("beta1", 1.0, "must be in [0, 1)"),
+    ("beta1", -0.5, "must be in [0, 1)"),
+    ("beta2", 1, "must be in [0, 1)"),
+    ("seed", -1, "must be >= 0"),
+    ("seed", 0.5, "must be an int"),
+    ("device", "gpu", "must be auto, cpu, cuda, cuda:N or mps"),
+    ("device", "cuda:x", "must be auto, cpu, cuda, cuda:N or mps"),
+    ("device", "cuda:", "must be auto, cpu, cuda, cuda:N or mps"),
+    ("device", 0, "must be a str"),
+    ("precision", "fp16", "must be one of 'fp32', 'bf16'"),
+    ("sample_every", 0, "must be >= 1"),
+    ("checkpoint_every", 0, "must be >= 1"),
+    ("checkpoint_every", None, "must be an int"),
+    ("num_images", 0, "must be in [1, 10000000]"),
+    ("generate_seed", -3, "must be >= 0"),
+    ("invert_steps", 0, "must be in [1, 100000]"),
+    ("eval_images", 8, "must be in [16, 1000000]"),
+    ("fid_weights", 5, "must be a str"),
+    ("memorisation_k", 0, "must be in [1, 100000]"),
+]
+
+
+@pytest.mark.parametrize("key, value, words", OTHER_CASES, ids=[f"{k}={v!r}" for k, v, _ in OTHER_CASES])
+def test_other_stage_param_rejected(key, value, words):
+    check(key, value, words)
+
+
+def test_every_key_of_every_stage_has_a_case():
+    covered = {k for k, _, _ in PREPARE_CASES + OTHER_CASES}
+    assert covered == set(params.SCHEMA)
+
+
+@pytest.mark.parametrize("stage", ["train", "generate", "evaluate"])
+def test_device_checked_by_every_stage_that_reads_it(stage):
+    if "device" not in params.STAGE_KEYS[stage]:
+        pytest.skip(f"{stage} does not read device")
+    with pytest.raises(ParamError, match="'device'"):
+        params.validate({**REAL, "device": "tpu"}, params.STAGE_KEYS[stage])
+
+
+@pytest.mark.parametrize("value", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+def test_device_accepted(value):
+    assert params.validate({**REAL, "device": value}, params.STAGE_KEYS["train"])["device"] == value
+
+
+# --- unknown and missing keys, the file itself ----------------------------------------------------
+
+def write_params(tmp_path, **changes):
+    d = {**REAL, **changes}
+    for k in [k for k, v in changes.items() if v is ...]:
+        del d[k]
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(d, sort_keys=False))
+    return p
+
+
+@pytest.mark.parametrize("stage", list(params.STAGE_KEYS))
+def test_unknown_key_suggests_the_closest(tmp_path, stage):
+    p = write_params(tmp_path, epoch=5)
+    with pytest.raises(ParamError) as e:
+        params.load(stage, p)  # every stage checks the whole file, not just its own keys
+    msg = str(e.value)
+    assert "unknown key 'epoch'" in msg and "did you mean 'epochs'?" in msg and str(p) in msg
+
+
+def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
+    p = write_params(tmp_path, zzzzzz=1)
+    with pytest.raises(ParamError, match="unknown key 'zzzzzz'; valid keys: source, image_size"):
+        params.load("prepare", p)
+
+
+@pytest.mark.parametrize("key", ["source", "image_size", "nz", "epochs", "num_images", "eval_images"])
+def test_missing_key_is_named(tmp_path, key):
+    p = write_params(tmp_path, **{key: ...})
+    with pytest.raises(ParamError) as e:
+        params.load(stage_of(key), p)
+    assert f"missing key '{key}'" in str(e.value)
+
+
+def test_missing_key_of_another_stage_is_not_an_error_for_this_one(tmp_path):
+    p = write_params(tmp_path, nz=...)
+    assert params.load("prepare", p)["image_size"] == REAL["image_size"]
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamError, match="not found"):
+        params.load("prepare", tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("image_size: [32\n")
+    with pytest.raises(ParamError, match="not valid YAML"):
+        params.load("prepare", bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ParamError, match="must be a mapping"):
+        params.load("prepare", lst)
+
+
+def test_values_from_yaml_text_are_typed_as_written(tmp_path):
+    # the user writes YAML, not Python: `image_size: '64'` is a string and `channels: yes` a bool
+    text = (ROOT / "params.yaml").read_text()
+    p = tmp_path / "params.yaml"
+    p.write_text(text.replace("image_size: 32 ", "image_size: '64' ", 1))
+    with pytest.raises(ParamError, match="'image_size' must be an int"):
+        params.load("prepare", p)
+    p.write_text(text.replace("channels: 1 ", "channels: true ", 1))
+    with pytest.raises(ParamError, match="'channels' must be an int"):
+        params.load("prepare", p)
+
+
+# --- the stage script -----------------------------------------------------------------------------
+
+def run_stage(tmp_path, params_file, *extra, check=False):
+    return sh([sys.executable, str(ROOT / "stages" / "prepare.py"), "--params", str(params_file),
+               "--out", str(tmp_path / "out"), *extra], cwd=tmp_path, check=check, timeout=120)
+
+
+@pytest.mark.parametrize("key, value", [("image_size", 100), ("epoch", 5), ("source", "")])
+def test_stage_script_exits_2_with_one_line_naming_the_key(tmp_path, key, value):
+    r = run_stage(tmp_path, write_params(tmp_path, **{key: value}))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and f"'{key}'" in lines[0], lines[0]
+    assert "Traceback" not in r.stderr
+    if key == "image_size":
+        assert "power of two from 32 to 256" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_stage_script_missing_source_exits_2(tmp_path):
+    missing = tmp_path / "nowhere"
+    r = run_stage(tmp_path, write_params(tmp_path, source=str(missing)))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: source '{missing}' does not exist"]
+
+
+def test_stage_script_prepares_a_folder(tmp_path):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i in range(6):
+        Image.new("RGB", (40, 30), (i * 40, 0, 255 - i * 40)).save(src / f"{i}.png")
+    (src / "bad.png").write_bytes(b"")
+    p = write_params(tmp_path, source=str(src), image_size=32, channels=3, max_skipped_fraction=0.2)
+    r = run_stage(tmp_path, p, "--workers", "1", check=True)
+    assert "prepared" in r.stdout and "1 skipped" in r.stdout and "bad.png" in r.stdout
+    m = yaml.safe_load((tmp_path / "out" / "manifest.json").read_text())
+    assert m["params"]["source"] == str(src) and m["params"]["image_size"] == 32
+    assert sum(m["counts"][s] for s in ("train", "val", "test")) == 6
