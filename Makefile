@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup repro push report bench clean-venv storage-up storage-down storage-status
+.PHONY: run test setup report bench clean-venv storage-up storage-down storage-status
 
 # The virtual environment is rebuilt only when requirements.txt changes.
 $(STAMP): requirements.txt
@@ -21,7 +21,12 @@ setup: $(STAMP)
 # when the remote is unreachable (e.g. an AWS bucket without credentials) one line says so and make exits 0.
 run: setup
 	dvc repro
+	$(PY) stages/report.py
 	$(PY) -m dcgan.storage push
+
+# report/index.html: curves, sample grids over epochs, evaluation pictures and metrics; works offline.
+report: setup
+	$(PY) stages/report.py
 
 # The project's own S3 server (rclone serve s3 on 127.0.0.1; objects under ~/.local/share/dcgan-s3/data,
 # or $DCGAN_S3_HOME/data): start it, create the bucket, write its keys to .dvc/config.local. Idempotent.

@@ -34,21 +34,41 @@ SAMPLE_GRID = 64         # generated images in samples.png
 MEMORISATION_PAIRS = 16  # closest generated | training pairs in memorisation.png
 
 
-def check_compatible(generator, discriminator, train_arr: np.ndarray, test_arr: np.ndarray):
-    """ValueError naming the mismatch when the models and the prepared data don't fit together."""
-    for name, arr in (("train", train_arr), ("test", test_arr)):
+def check_compatible(discriminator, train_arr: np.ndarray, test_arr: np.ndarray, fake: np.ndarray):
+    """ValueError naming the mismatch when the model, the prepared data and the generated images don't fit."""
+    for name, arr in (("train", train_arr), ("test", test_arr), ("generated", fake)):
         if arr.ndim != 4 or arr.dtype != np.uint8:
-            raise ValueError(f"the {name} split must be uint8 (N, C, H, W), got {arr.dtype} {arr.shape}")
+            raise ValueError(f"the {name} images must be uint8 (N, C, H, W), got {arr.dtype} {arr.shape}")
         if len(arr) < 2:
-            raise ValueError(f"the {name} split has {len(arr)} images; evaluation needs at least 2")
+            hint = " (raise num_images)" if name == "generated" else ""
+            raise ValueError(f"the {name} split has {len(arr)} images; evaluation needs at least 2{hint}")
     shape = test_arr.shape[1:]
     if train_arr.shape[1:] != shape:
         raise ValueError(f"train images {train_arr.shape[1:]} and test images {shape} differ: re-run prepare")
-    for name, model in (("generator", generator), ("discriminator", discriminator)):
-        cfg = getattr(model, "config", None)
-        if cfg and (cfg.get("channels"), cfg.get("image_size")) != (shape[0], shape[1]):
-            raise ValueError(f"the {name} was trained on {cfg['channels']}x{cfg['image_size']}px images but the "
-                             f"prepared data is {shape[0]}x{shape[1]}px: re-run train (`dvc repro train`)")
+    if fake.shape[1:] != shape:
+        raise ValueError(f"generated images {fake.shape[1:]} and test images {shape} differ: "
+                         "re-run train and generate (`dvc repro`)")
+    cfg = getattr(discriminator, "config", None)
+    if cfg and (cfg.get("channels"), cfg.get("image_size")) != (shape[0], shape[1]):
+        raise ValueError(f"the discriminator was trained on {cfg['channels']}x{cfg['image_size']}px images but the "
+                         f"prepared data is {shape[0]}x{shape[1]}px: re-run train (`dvc repro train`)")
+
+
+def read_generated(folder: Path, channels: int) -> np.ndarray:
+    """The generate stage's PNG files (sorted by name) as uint8 (N, C, H, W)."""
+    files = sorted(Path(folder).glob("*.png"))
+    if not files:
+        raise ValueError(f"no PNG files in {folder}: run `dvc repro generate` first")
+    out = []
+    for f in tqdm(files, desc="read generated", unit="img", leave=False, dynamic_ncols=True,
+                  disable=len(files) < 2000):
+        with Image.open(f) as im:
+            a = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+        out.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    try:
+        return np.stack(out)
+    except ValueError:
+        raise ValueError(f"the PNG files in {folder} differ in size: re-run `dvc repro generate`") from None
 
 
 @torch.no_grad()
@@ -156,14 +176,14 @@ def _write_json(data: dict, path: Path):
         raise
 
 
-def evaluate(generator, discriminator, train_arr: np.ndarray, test_arr: np.ndarray, p: dict,
+def evaluate(fake: np.ndarray, discriminator, train_arr: np.ndarray, test_arr: np.ndarray, p: dict,
              out_json: Path, out_dir: Path, device: str | torch.device = "cpu", *,
              extractor: metrics.FeatureExtractor | None | str = "auto", progress: bool = True,
              log: Callable[[str], None] = print) -> dict:
-    """Score the generator against the test split; write `out_json` (flat numbers or null) and the
+    """Score generated images `fake` (uint8 N, C, H, W) against the test split; write `out_json` (flat numbers or null) and the
     pictures confusion_matrix.png, memorisation.png and samples.png in `out_dir`.
 
-    p: the evaluate params (eval_images, fid_weights, memorisation_k, seed; device is taken from
+    p: the evaluate params (fid_weights, memorisation_k, seed; device is taken from
     `device`). extractor: "auto" loads the FID Inception network from p['fid_weights'] or the
     torch hub cache (None with a message when absent); None skips FID/KID; any object with
     `features(uint8 (N, C, H, W)) -> (N, D)` is used as is.
@@ -171,11 +191,10 @@ def evaluate(generator, discriminator, train_arr: np.ndarray, test_arr: np.ndarr
     t0 = time.perf_counter()
     device = torch.device(device)
     out_dir = Path(out_dir)
-    check_compatible(generator, discriminator, train_arr, test_arr)
-    n_gen, seed = p["eval_images"], p["seed"]
+    check_compatible(discriminator, train_arr, test_arr, fake)
+    n_gen, seed = len(fake), p["seed"]
     rng = np.random.default_rng(seed)
 
-    fake = generate(generator, n_gen, seed, device, progress)
     train_sub = train_arr[np.sort(rng.choice(len(train_arr), min(n_gen, len(train_arr)), replace=False))]
     res: dict[str, float | int | None] = {"n_generated": n_gen, "n_test": len(test_arr), "n_train": len(train_arr)}
 

@@ -42,6 +42,7 @@ def decode(data: bytes, ext: str, channels: int, size: int, resize: str, backgro
         raise BadImage(f"not an image extension: '{ext or '(none)'}'")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PIL warns about odd chunks; we judge by outcome
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # max_pixels below replaces PIL's own limit
         try:
             im = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as e:
@@ -50,6 +51,8 @@ def decode(data: bytes, ext: str, channels: int, size: int, resize: str, backgro
             raise BadImage("not an image (unrecognised content)") from None
         except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt headers
             raise BadImage(f"corrupt header: {e}") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
         if im.format not in expected:
             raise BadImage(f"wrong extension: content is {im.format} but the name ends in '{ext}'")
         w, h = im.size
@@ -66,8 +69,11 @@ def decode(data: bytes, ext: str, channels: int, size: int, resize: str, backgro
             im = ImageOps.exif_transpose(im)  # camera JPEGs stored sideways come out upright
         except Exception:  # noqa: BLE001 - a broken EXIF block is not worth losing the image for
             pass
-        im = to_mode(im, channels, background)
-        im = fit(im, size, resize, background)
+        try:
+            im = to_mode(im, channels, background)
+            im = fit(im, size, resize, background)
+        except Exception as e:  # noqa: BLE001 - an exotic mode PIL cannot convert is one bad file, not a crash
+            raise BadImage(f"cannot convert {im.mode} {w}x{h} image: {e}") from None
     arr = np.asarray(im, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[None]

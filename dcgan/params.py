@@ -109,11 +109,10 @@ SCHEMA: dict[str, Param] = {
         Param("sample_every", int, "log a grid of samples every N epochs", _at_least(1)),
         Param("checkpoint_every", int, "write the resumable checkpoint every N epochs", _at_least(1)),
         # generate
-        Param("num_images", int, "images the generate stage writes", _between(1, 10_000_000)),
+        Param("num_images", int, "images the generate stage writes (and evaluate scores)", _between(1, 10_000_000)),
         Param("generate_seed", int, "seed of the generate stage's noise", _at_least(0)),
         Param("invert_steps", int, "optimisation steps when projecting images to latents", _between(1, 100_000)),
         # evaluate
-        Param("eval_images", int, "generated images compared with the test split", _between(16, 1_000_000)),
         Param("fid_weights", str, "path to pt_inception-2015-12-05-6726825d.pth ('' = torch hub cache)"),
         Param("memorisation_k", int, "generated images searched for their nearest training image", _between(1, 100_000)),
     ]
@@ -125,7 +124,7 @@ STAGE_KEYS: dict[str, list[str]] = {
     "train": ["nz", "ngf", "ndf", "epochs", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "seed", "device",
               "precision", "sample_every", "checkpoint_every"],
     "generate": ["num_images", "generate_seed", "invert_steps", "device"],
-    "evaluate": ["eval_images", "fid_weights", "memorisation_k", "device", "seed"],
+    "evaluate": ["fid_weights", "memorisation_k", "device", "seed"],
 }
 
 

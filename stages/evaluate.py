@@ -1,4 +1,5 @@
-"""evaluate stage: score the generator against the test split (SWD, FID/KID, D as a classifier, memorisation)."""
+"""evaluate stage: score the generate stage's images against the test split (SWD, FID/KID, D as a classifier,
+memorisation)."""
 import argparse
 import sys
 from pathlib import Path
@@ -12,7 +13,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", type=Path, default=params.PARAMS_FILE)
     ap.add_argument("--prepared", type=Path, default=Path("data/prepared"))
-    ap.add_argument("--models", type=Path, default=Path("models"))
+    ap.add_argument("--generated", type=Path, default=Path("data/generated/images"),
+                    help="folder of generated PNG files (the generate stage's output)")
+    ap.add_argument("--discriminator", type=Path, default=Path("models/discriminator.pt"))
     ap.add_argument("--out-json", type=Path, default=Path("metrics/eval.json"))
     ap.add_argument("--out-dir", type=Path, default=Path("metrics/eval"), help="folder of the pictures")
     args = ap.parse_args()
@@ -24,23 +27,24 @@ def main():
     for split in ("train", "test"):
         if not (args.prepared / f"{split}.npy").is_file():
             raise cli.UserError(f"{args.prepared / f'{split}.npy'} not found: run `dvc repro prepare` first")
-    models = {}
-    for name in ("generator", "discriminator"):
-        path = args.models / f"{name}.pt"
-        if not path.is_file():
-            raise cli.UserError(f"{path} not found: run `dvc repro train` (or `dvc pull train`) first")
-        try:
-            models[name] = model.load(path, device)
-        except ValueError as e:
-            raise cli.UserError(str(e)) from None
+    if not args.discriminator.is_file():
+        raise cli.UserError(f"{args.discriminator} not found: run `dvc repro train` (or `dvc pull train`) first")
+    if not args.generated.is_dir():
+        raise cli.UserError(f"{args.generated} not found: run `dvc repro generate` first")
+    try:
+        D = model.load(args.discriminator, device)
+    except ValueError as e:
+        raise cli.UserError(str(e)) from None
+    if not isinstance(D, model.Discriminator):
+        raise cli.UserError(f"'{args.discriminator}' holds a generator, not a discriminator")
     train_arr = data.load_split(args.prepared, "train")
     test_arr = data.load_split(args.prepared, "test")
     try:
-        evaluation.check_compatible(models["generator"], models["discriminator"], train_arr, test_arr)
+        fake = evaluation.read_generated(args.generated, test_arr.shape[1])
+        evaluation.check_compatible(D, train_arr, test_arr, fake)
     except ValueError as e:
         raise cli.UserError(str(e)) from None
-    res = evaluation.evaluate(models["generator"], models["discriminator"], train_arr, test_arr, p,
-                              args.out_json, args.out_dir, device)
+    res = evaluation.evaluate(fake, D, train_arr, test_arr, p, args.out_json, args.out_dir, device)
     shown = ("swd", "swd_floor", "fid", "fid_floor", "kid", "d_accuracy", "memorisation_median_distance",
              "memorisation_median_distance_test", "wall_s")
     print("done: " + ", ".join(f"{k}={res[k]:.4g}" for k in shown if res.get(k) is not None))

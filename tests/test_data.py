@@ -383,3 +383,14 @@ def test_rerun_overwrites_outputs(tmp_path):
     make_good(src, 2, start=10)
     run(src, out, val=0.0, test=0.0)
     assert np.load(out / "train.npy", allow_pickle=False).shape[0] == 7
+
+
+def test_max_image_pixels_above_pils_own_limit_is_ours_to_set():
+    # 15000^2 is over PIL's hard limit (2 x 89.5M); a user who raised max_image_pixels gets a decode
+    # attempt (here: the tiny fake IDAT is truncated), not PIL's bomb error
+    blob = bomb_png(15_000, 15_000)
+    with pytest.raises(BadImage) as e:
+        decode(blob, ".png", 1, 32, "crop", "white", 300_000_000)
+    assert "decompression bomb" not in str(e.value) and "truncated" in str(e.value)
+    with pytest.raises(BadImage, match="over max_image_pixels"):
+        decode(blob, ".png", 1, 32, "crop", "white", MAX_PIXELS)

@@ -30,7 +30,7 @@ EXPECTED_KEYS = {
     "memorisation_median_distance_test", "memorisation_ratio", "wall_s",
 }
 FID_KEYS = {"fid", "kid", "kid_std", "fid_floor", "kid_floor"}
-PARAMS = {"eval_images": 40, "fid_weights": "", "memorisation_k": 12, "device": "cpu", "seed": 0}
+PARAMS = {"fid_weights": "", "memorisation_k": 12, "device": "cpu", "seed": 0}
 
 
 def tiny_models(seed: int = 0):
@@ -61,7 +61,8 @@ def test_evaluate_end_to_end_without_fid_weights(tmp_path, no_hub):
     train, test = random_split(80, 1), random_split(30, 2)
     out_json, out_dir = tmp_path / "metrics" / "eval.json", tmp_path / "metrics" / "eval"
     msgs = []
-    res = evaluation.evaluate(g, d, train, test, PARAMS, out_json, out_dir, "cpu", progress=False, log=msgs.append)
+    fake = evaluation.generate(g, 40, 0, "cpu", progress=False)
+    res = evaluation.evaluate(fake, d, train, test, PARAMS, out_json, out_dir, "cpu", progress=False, log=msgs.append)
     data = json.loads(out_json.read_text())
     assert data == res
     assert set(data) == EXPECTED_KEYS
@@ -101,10 +102,11 @@ def test_evaluate_is_deterministic_and_uses_extractor(tmp_path, no_hub):
 
     g, d = tiny_models()
     train, test = random_split(60, 3), random_split(24, 4)
-    p = {**PARAMS, "eval_images": 32, "memorisation_k": 8}
-    a = evaluation.evaluate(g, d, train, test, p, tmp_path / "a.json", tmp_path / "a", "cpu",
+    p = {**PARAMS, "memorisation_k": 8}
+    fake = evaluation.generate(g, 32, 0, "cpu", progress=False)
+    a = evaluation.evaluate(fake, d, train, test, p, tmp_path / "a.json", tmp_path / "a", "cpu",
                             extractor=MeanStd(), progress=False, log=lambda m: None)
-    b = evaluation.evaluate(g, d, train, test, p, tmp_path / "b.json", tmp_path / "b", "cpu",
+    b = evaluation.evaluate(fake, d, train, test, p, tmp_path / "b.json", tmp_path / "b", "cpu",
                             extractor=MeanStd(), progress=False, log=lambda m: None)
     assert MeanStd.calls == 6  # generated, test, train subset; twice
     for k in FID_KEYS:
@@ -127,7 +129,8 @@ def test_memorisation_picture_shows_planted_copy(tmp_path, no_hub):
         def forward(self, z):
             return copy.expand(len(z), -1, -1, -1)
 
-    res = evaluation.evaluate(Copier(), d, train, random_split(20, 6), {**PARAMS, "eval_images": 16},
+    fake = evaluation.generate(Copier(), 16, 0, "cpu", progress=False)
+    res = evaluation.evaluate(fake, d, train, random_split(20, 6), PARAMS,
                               tmp_path / "e.json", tmp_path / "e", "cpu", extractor=None, progress=False,
                               log=lambda m: None)
     assert res["memorisation_median_distance"] == 0 and res["memorisation_ratio"] == 0
@@ -139,9 +142,27 @@ def test_memorisation_picture_shows_planted_copy(tmp_path, no_hub):
 def test_check_compatible_names_the_mismatch():
     g, d = tiny_models()
     with pytest.raises(ValueError, match="trained on 1x32px.*prepared data is 3x32px"):
-        evaluation.check_compatible(g, d, random_split(10, 0, 3), random_split(10, 1, 3))
+        evaluation.check_compatible(d, random_split(10, 0, 3), random_split(10, 1, 3), random_split(10, 2, 3))
     with pytest.raises(ValueError, match="test split has 1 images"):
-        evaluation.check_compatible(g, d, random_split(10, 0), random_split(1, 1))
+        evaluation.check_compatible(d, random_split(10, 0), random_split(1, 1), random_split(10, 2))
+    with pytest.raises(ValueError, match="generated images .*differ"):
+        evaluation.check_compatible(d, random_split(10, 0), random_split(10, 1), random_split(10, 2, 3))
+    with pytest.raises(ValueError, match="raise num_images"):
+        evaluation.check_compatible(d, random_split(10, 0), random_split(10, 1), random_split(1, 2))
+
+
+def test_read_generated_round_trip(tmp_path):
+    imgs = random_split(5, 3)
+    for i, img in enumerate(imgs):
+        pictures.to_pil(img).save(tmp_path / f"{i:06d}.png")
+    assert np.array_equal(evaluation.read_generated(tmp_path, 1), imgs)
+    rgb = random_split(3, 4, channels=3)
+    (tmp_path / "rgb").mkdir()
+    for i, img in enumerate(rgb):
+        pictures.to_pil(img).save(tmp_path / "rgb" / f"{i:06d}.png")
+    assert np.array_equal(evaluation.read_generated(tmp_path / "rgb", 3), rgb)
+    with pytest.raises(ValueError, match="no PNG files"):
+        evaluation.read_generated(tmp_path / "rgb" / "nothing", 3)
 
 
 def test_confusion_png():
@@ -157,12 +178,15 @@ def stage_dir(tmp_path: Path, with_models: bool = True) -> Path:
     (tmp_path / "data" / "prepared").mkdir(parents=True)
     np.save(tmp_path / "data" / "prepared" / "train.npy", random_split(50, 1))
     np.save(tmp_path / "data" / "prepared" / "test.npy", random_split(20, 2))
-    params = {**PARAMS, "eval_images": 20, "memorisation_k": 8, "fid_weights": str(tmp_path / "absent.pth")}
+    params = {**PARAMS, "memorisation_k": 8, "fid_weights": str(tmp_path / "absent.pth")}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     if with_models:
         g, d = tiny_models()
-        save(g, tmp_path / "models" / "generator.pt")
         save(d, tmp_path / "models" / "discriminator.pt")
+        out = tmp_path / "data" / "generated" / "images"
+        out.mkdir(parents=True)
+        for i, img in enumerate(evaluation.generate(g, 20, 0, "cpu", progress=False)):
+            pictures.to_pil(img).save(out / f"{i:06d}.png")
     return tmp_path
 
 
@@ -184,7 +208,7 @@ def test_stage_writes_metrics(tmp_path):
 def test_stage_missing_model_is_one_line_error(tmp_path):
     r = run_stage(stage_dir(tmp_path, with_models=False))
     assert r.returncode == 2
-    assert "models/generator.pt not found" in r.stderr and "Traceback" not in r.stderr
+    assert "models/discriminator.pt not found" in r.stderr and "Traceback" not in r.stderr
 
 
 # ---- the HTML report ----

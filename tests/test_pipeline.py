@@ -39,7 +39,7 @@ def test_repro_full_dag_then_nothing_then_only_downstream_of_a_generate_param(re
     r = sh("dvc repro", repo)
     assert ran_stages(r.stdout) == {"generate", "evaluate"}
     assert len(list((repo / "data/generated/images").glob("*.png"))) == 80
-    assert json.loads((repo / "metrics/eval.json").read_text())["generated_images"] == 80
+    assert json.loads((repo / "metrics/eval.json").read_text())["n_generated"] == 80
 
     shown = json.loads(sh("dvc metrics show --json", repo).stdout)
     assert "swd" in json.dumps(shown) and "loss_g" in json.dumps(shown)

@@ -172,7 +172,7 @@ def project(tmp_path_factory):
     srv = Server(tmp)
     repo = tmp / "project"
     repo.mkdir()
-    copy_repo(repo, params={"eval_images": 64})
+    copy_repo(repo)
     dvcyaml = repo / "dvc.yaml"
     dvcyaml.write_text(dvcyaml.read_text().replace(
         "cmd: python stages/demo.py --out data/demo", f"cmd: python stages/demo.py --out data/demo --limit {DEMO_LIMIT}"))
