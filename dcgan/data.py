@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from tqdm import tqdm
 
+from .files import atomic_write, atomic_write_bytes
 from .images import OS_DEBRIS, BadImage, decode
 
 SPLITS = ("train", "val", "test")
@@ -159,7 +159,7 @@ def prepare(source: Path, out_dir: Path, settings: Settings, val_fraction: float
     out_dir.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         arr = np.stack(rows[split]) if rows[split] else np.zeros((0,) + shape, np.uint8)
-        _atomic_save_npy(out_dir / f"{split}.npy", arr)
+        atomic_write(out_dir / f"{split}.npy", lambda f, a=arr: np.save(f, a, allow_pickle=False))
     manifest = {
         "counts": {**{s: len(rows[s]) for s in SPLITS}, "duplicates": len(duplicates), "skipped": len(skipped)},
         "shape": list(shape),
@@ -168,30 +168,8 @@ def prepare(source: Path, out_dir: Path, settings: Settings, val_fraction: float
         "duplicates": duplicates,
         "skipped": skipped,
     }
-    _atomic_write(out_dir / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+    atomic_write_bytes(out_dir / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False).encode())
     return manifest
-
-
-def _atomic_write(path: Path, data: bytes):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _atomic_save_npy(path: Path, arr: np.ndarray):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def load_split(prepared: Path, split: str) -> np.ndarray:

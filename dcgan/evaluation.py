@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from . import metrics, pictures
+from .files import atomic_write_text
 from .training import frozen_batchnorm
 
 GEN_BATCH = 256
@@ -161,21 +160,6 @@ def _finite(v) -> float | int | None:
     return v if math.isfinite(v) else None
 
 
-def _write_json(data: dict, path: Path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2) + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; this is a file to share
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def evaluate(fake: np.ndarray, discriminator, train_arr: np.ndarray, test_arr: np.ndarray, p: dict,
              out_json: Path, out_dir: Path, device: str | torch.device = "cpu", *,
              extractor: metrics.FeatureExtractor | None | str = "auto", progress: bool = True,
@@ -251,5 +235,5 @@ def evaluate(fake: np.ndarray, discriminator, train_arr: np.ndarray, test_arr: n
 
     res["wall_s"] = time.perf_counter() - t0
     res = {key: _finite(v) for key, v in res.items()}
-    _write_json(res, Path(out_json))
+    atomic_write_text(out_json, json.dumps(res, indent=2) + "\n")
     return res

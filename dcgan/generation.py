@@ -82,6 +82,19 @@ class LineError:
         return f"line {self.line}: {self.message}"
 
 
+def _json_lines(text: str):
+    """(line number, object) for each non-blank line; a LineError in place of the object when it is not one."""
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield i, LineError(i, f"bad JSON: {e.msg}")
+            continue
+        yield i, rec if isinstance(rec, dict) else LineError(i, "each line must be a JSON object")
+
+
 def _key(rec: dict, seen: set) -> str:
     key = rec.get("key")
     if not isinstance(key, str) or not _SAFE_KEY.match(key) or key in (".", ".."):
@@ -94,13 +107,11 @@ def _key(rec: dict, seen: set) -> str:
 def parse_latents(text: str, nz: int) -> tuple[list[tuple[str, list[float]]], list[LineError]]:
     """JSON Lines of {"key": ..., "z": [nz floats]} ("embeddings" accepted for "z") -> good rows, errors."""
     good, errors, seen = [], [], set()
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
+    for i, rec in _json_lines(text):
+        if isinstance(rec, LineError):
+            errors.append(rec)
             continue
         try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict):
-                raise ValueError("each line must be a JSON object")
             key = _key(rec, seen)
             z = rec["z"] if "z" in rec else rec.get("embeddings")
             if z is None:
@@ -111,9 +122,6 @@ def parse_latents(text: str, nz: int) -> tuple[list[tuple[str, list[float]]], li
                 raise ValueError(f"'z' has {len(z)} numbers, the model's nz is {nz}")
             if not all(math.isfinite(v) for v in z):
                 raise ValueError("'z' contains NaN or infinity")
-        except json.JSONDecodeError as e:
-            errors.append(LineError(i, f"bad JSON: {e.msg}"))
-            continue
         except (ValueError, KeyError) as e:
             errors.append(LineError(i, str(e)))
             continue
@@ -151,13 +159,11 @@ def read_images_for(G, source: Path, background: str = "white") -> tuple[list[st
                 problems.append(f"{path}: {e}")
     elif source.is_file():
         seen: set = set()
-        for i, line in enumerate(source.read_text().splitlines(), 1):
-            if not line.strip():
+        for i, rec in _json_lines(source.read_text()):
+            if isinstance(rec, LineError):
+                problems.append(rec)
                 continue
             try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError("each line must be a JSON object")
                 key = _key(rec, seen)
                 b64 = (rec.get("image_bytes") or {}).get("b64") if isinstance(rec.get("image_bytes"), dict) else None
                 if not isinstance(b64, str):
@@ -168,8 +174,6 @@ def read_images_for(G, source: Path, background: str = "white") -> tuple[list[st
                 arrays.append(decode(raw, ext, **args))
                 keys.append(key)
                 seen.add(key)
-            except json.JSONDecodeError as e:
-                problems.append(LineError(i, f"bad JSON: {e.msg}"))
             except (ValueError, BadImage) as e:
                 problems.append(LineError(i, str(e)))
     else:

@@ -81,7 +81,7 @@ def save(model: nn.Module, path: Path):
     from .training import atomic_torch_save
 
     kind = "generator" if isinstance(model, Generator) else "discriminator"
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # NCHW on disk
     atomic_torch_save({"kind": kind, "config": dict(model.config), "state_dict": state}, path)
 
 

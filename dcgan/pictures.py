@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .files import atomic_write
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -57,13 +57,4 @@ def pairs(left: np.ndarray, right: np.ndarray, min_tile: int = 64) -> Image.Imag
 
 def save_png(img: Image.Image, path: Path):
     """Atomic PNG write: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: img.save(f, format="PNG"))

@@ -13,10 +13,10 @@ import csv
 import html
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
+
+from .files import atomic_write_text
 
 PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#59a14f", "#b07aa1", "#76b7b2", "#edc948"]
 
@@ -360,15 +360,5 @@ def build(metrics_dir: Path = Path("metrics"), out: Path = Path("report/index.ht
     """Render the report of the run in `metrics_dir` to `out` (written atomically)."""
     out = Path(out)
     text = render(metrics_dir, **kw)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; this is a file to share
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(out, text)
     return out

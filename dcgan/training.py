@@ -11,9 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import random
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import pictures
+from .files import atomic_write
 from .model import Discriminator, Generator, init_weights
 from .model import save as save_model
 
@@ -52,19 +51,7 @@ def memory_format(device: torch.device) -> torch.memory_format:
 
 
 def atomic_torch_save(obj, path: Path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())  # survive power loss, not just SIGKILL
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f), fsync=True)  # survive power loss, not just SIGKILL
 
 
 def data_hash(*arrays: np.ndarray) -> str:
