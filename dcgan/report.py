@@ -23,11 +23,11 @@ PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#59a14f", "#b07aa1", "#76b7b2", "#e
 # (title, series names, y label), as in dvc.yaml's plots
 CHARTS = [
     ("Losses", ["loss_d", "loss_g"], "loss"),
-    ("Discriminator output", ["d_real", "d_fake", "d_val"], "mean D(x)"),
+    ("Discriminator output", ["d_real", "d_fake", "d_train", "d_val"], "mean D(x)"),
     ("Throughput", ["images_per_s"], "images / s"),
 ]
 CHART_NOTES = {
-    "Discriminator output": "d_val falling below d_real means D memorises the training set (overfitting).",
+    "Discriminator output": "d_val falling away below d_train (the same measurement on training images) means D memorises the training set (overfitting).",
 }
 
 EVAL_HELP = {

@@ -185,6 +185,9 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=p["precision"] == "bf16")
     data = torch.from_numpy(train_arr)  # uint8 on the host; batches are moved and scaled on the fly
     val = torch.from_numpy(val_arr)
+    # d_train: D on as many training images as the val split holds, measured like d_val at the same moment.
+    # d_real (the mean over the epoch's steps) swings with D's oscillation; this pair is the fair comparison.
+    probe = data[np.sort(np.random.default_rng(0).choice(n, min(n, len(val_arr)), replace=False))]
     bs = min(p["batch_size"], n)
     steps = n // bs
 
@@ -231,6 +234,7 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
         d_val = discriminator_mean(D, val, bs, device, autocast)
         if np.isfinite(d_val):  # absent when the val split has fewer than 2 images
             epoch_stats["d_val"] = d_val
+            epoch_stats["d_train"] = discriminator_mean(D, probe, bs, device, autocast)
         epoch_stats["images_per_s"] = steps * bs / epoch_s
         epoch_stats["epoch_s"] = epoch_s
         images_done += steps * bs

@@ -61,7 +61,7 @@ def assert_identical(a: dict, b: dict):
 def test_one_epoch_is_finite_changes_weights_and_logs(tmp_path, prepared):
     r = run_train(tmp_path, prepared, "a", epochs=1)
     s = r["summary"]
-    for k in ("loss_d", "loss_g", "d_real", "d_fake", "d_val", "images_per_s", "wall_s"):
+    for k in ("loss_d", "loss_g", "d_real", "d_fake", "d_train", "d_val", "images_per_s", "wall_s"):
         assert np.isfinite(s[k]), k
     assert s["epochs_done"] == 1 and 0 < s["d_real"] < 1 and 0 < s["d_fake"] < 1
     torch.manual_seed(0)  # the same init the run started from
@@ -72,7 +72,7 @@ def test_one_epoch_is_finite_changes_weights_and_logs(tmp_path, prepared):
     assert not torch.equal(G0.state_dict()["net.0.weight"], trained["net.0.weight"])
     assert all(torch.isfinite(v.float()).all() for v in trained.values())
     live = tmp_path / "a/live/plots"
-    for name in ("loss_d", "loss_g", "d_real", "d_fake", "d_val", "images_per_s", "epoch_s"):
+    for name in ("loss_d", "loss_g", "d_real", "d_fake", "d_train", "d_val", "images_per_s", "epoch_s"):
         rows = (live / "metrics" / f"{name}.tsv").read_text().splitlines()
         assert rows[0].split("\t")[0] == "step" and len(rows) == 2, name
     assert (live / "images/samples/00001.png").is_file()
