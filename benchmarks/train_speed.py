@@ -2,7 +2,7 @@
 
     python benchmarks/train_speed.py [--size 32] [--channels 1] [--batch 64] [--steps 20] [--repeats 3]
 
-Both run the same DCGAN step as dcgan.training (D on real + fake, then G, Adam, BCE-with-logits) on the same
+Both run dcgan.training.train_step (D on real + fake, then G, Adam, BCE-with-logits) on the same
 random batch, alternating, best of N after warm-up steps. Default sizes are the demo's (32x32 grayscale,
 ngf = ndf = 64). The last line printed is a JSON object:
 {"ours_img_s", "reference_img_s", "ratio" (= ours / reference; > 1 means ours is faster), "device", ...}
@@ -13,16 +13,16 @@ import argparse
 import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from dcgan.model import Discriminator, Generator, init_weights  # noqa: E402
-from dcgan.training import memory_format, pick_device  # noqa: E402
+from dcgan.training import memory_format, pick_device, train_step  # noqa: E402
 
 
 def images_per_s(fmt, args, device) -> float:
@@ -39,18 +39,7 @@ def images_per_s(fmt, args, device) -> float:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-        fake = G(torch.randn(args.batch, 100, device=device))
-        real, fk = D(x), D(fake.detach())
-        loss_d = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-                  + F.binary_cross_entropy_with_logits(fk, torch.zeros_like(fk)))
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        out = D(fake)
-        loss_g = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+        train_step(G, D, opt_g, opt_d, x, torch.randn(args.batch, 100, device=device), nullcontext())
     if device.type == "cuda":
         torch.cuda.synchronize()
     return args.steps * args.batch / (time.perf_counter() - t0)

@@ -206,20 +206,7 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
         for i in bar:
             x = pictures.to_float(data[perm[i * bs:(i + 1) * bs]]).to(device, memory_format=fmt, non_blocking=True)
             z = torch.randn(x.shape[0], p["nz"], device=device)
-            with autocast:
-                fake = G(z)
-                out_real, out_fake = D(x), D(fake.detach())
-                loss_d = (F.binary_cross_entropy_with_logits(out_real, torch.ones_like(out_real))
-                          + F.binary_cross_entropy_with_logits(out_fake, torch.zeros_like(out_fake)))
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-            with autocast:
-                out_g = D(fake)
-                loss_g = F.binary_cross_entropy_with_logits(out_g, torch.ones_like(out_g))  # non-saturating
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
+            loss_d, loss_g, out_real, out_fake = train_step(G, D, opt_g, opt_d, x, z, autocast)
             with torch.no_grad():
                 step = torch.stack([loss_d.float(), loss_g.float(), torch.sigmoid(out_real.float()).mean(),
                                     torch.sigmoid(out_fake.float()).mean()]).double().cpu()
@@ -266,6 +253,26 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def train_step(G, D, opt_g, opt_d, x: torch.Tensor, z: torch.Tensor, autocast):
+    """One DCGAN step: D on real x and detached G(z), then G through D (non-saturating loss).
+    Returns (loss_d, loss_g, D's logits on x, D's logits on G(z) before D's update)."""
+    with autocast:
+        fake = G(z)
+        out_real, out_fake = D(x), D(fake.detach())
+        loss_d = (F.binary_cross_entropy_with_logits(out_real, torch.ones_like(out_real))
+                  + F.binary_cross_entropy_with_logits(out_fake, torch.zeros_like(out_fake)))
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+    with autocast:
+        out_g = D(fake)
+        loss_g = F.binary_cross_entropy_with_logits(out_g, torch.ones_like(out_g))
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    return loss_d, loss_g, out_real, out_fake
 
 
 @torch.no_grad()
