@@ -97,6 +97,14 @@ class Server:
         self.cli("down", cwd=ROOT, check=False)
 
 
+def server_and_repo(tmp: Path, rclone_args: str = "") -> tuple[Server, Path]:
+    """A server of its own (not started) and a fresh copy of the project at tmp/repo."""
+    repo = tmp / "repo"
+    repo.mkdir()
+    copy_repo(repo)
+    return Server(tmp, rclone_args), repo
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -205,10 +213,7 @@ def project(tmp_path_factory):
 # ---------------------------------------------------------------- tests
 
 def test_storage_cli_up_down_are_idempotent(tmp_path):
-    srv = Server(tmp_path)
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    copy_repo(repo)
+    srv, repo = server_and_repo(tmp_path)
     try:
         first = srv.cli("up", cwd=repo)
         assert "started" in first.stdout, first.stdout
@@ -348,10 +353,7 @@ def test_wrong_credentials_fail_fast_and_write_nothing(project, tmp_path):
 
 def test_unreachable_aws_remote_is_one_line_and_exit_0(tmp_path):
     """A user's own AWS bucket without credentials (and, here, without internet): `make run` still succeeds."""
-    srv = Server(tmp_path)
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    copy_repo(repo)
+    srv, repo = server_and_repo(tmp_path)
     srv.dvc("remote add --local -d aws s3://dcgan-example-bucket/dvcstore", repo)
     srv.dvc("remote modify --local aws connect_timeout 3", repo)
     t0 = time.monotonic()
@@ -366,10 +368,7 @@ def test_unreachable_aws_remote_is_one_line_and_exit_0(tmp_path):
 
 def test_frozen_server_fails_in_bounded_time(tmp_path):
     """A server that accepts connections and never answers (SIGSTOP): push and pull fail, they do not hang."""
-    srv = Server(tmp_path)
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    copy_repo(repo)
+    srv, repo = server_and_repo(tmp_path)
     try:
         srv.cli("up", cwd=repo)
         (repo / "a.bin").write_bytes(os.urandom(300_000))
@@ -399,10 +398,7 @@ def test_frozen_server_fails_in_bounded_time(tmp_path):
 
 def test_server_killed_mid_push_of_large_output(tmp_path):
     # --bwlimit: the 60 MiB upload takes ~4 s, so the server is reliably stopped in the middle of it
-    srv = Server(tmp_path, rclone_args="--bwlimit 15M")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    copy_repo(repo)
+    srv, repo = server_and_repo(tmp_path, rclone_args="--bwlimit 15M")
     try:
         srv.cli("up", cwd=repo)
         with open(repo / "big.bin", "wb") as f:
