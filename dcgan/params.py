@@ -89,6 +89,7 @@ SCHEMA: dict[str, Param] = {
         Param("test_fraction", float, "share of images held out for evaluation", _between(0, 0.5)),
         Param("max_skipped_fraction", float, "fail when more than this share of files is unusable", _between(0, 1)),
         Param("max_image_pixels", int, "larger images are rejected from their header (decompression bombs)", _at_least(1)),
+        Param("max_file_bytes", int, "larger files or zip members are skipped before they are read", _at_least(1)),
         # model
         Param("nz", int, "length of the latent vector z", _between(1, 4096)),
         Param("ngf", int, "generator width (channels of its last hidden layer)", _between(1, 1024)),
@@ -120,7 +121,7 @@ SCHEMA: dict[str, Param] = {
 
 STAGE_KEYS: dict[str, list[str]] = {
     "prepare": ["source", "image_size", "channels", "resize", "background", "val_fraction", "test_fraction",
-                "max_skipped_fraction", "max_image_pixels"],
+                "max_skipped_fraction", "max_image_pixels", "max_file_bytes"],
     "train": ["nz", "ngf", "ndf", "epochs", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "seed", "device",
               "precision", "sample_every", "checkpoint_every"],
     "generate": ["num_images", "generate_seed", "invert_steps", "device"],

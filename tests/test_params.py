@@ -75,6 +75,8 @@ PREPARE_CASES = [
     ("max_image_pixels", 0, "must be >= 1"),
     ("max_image_pixels", -5, "must be >= 1"),
     ("max_image_pixels", 1.5e8, "must be an int"),
+    ("max_file_bytes", 0, "must be >= 1"),
+    ("max_file_bytes", "1G", "must be an int"),
 ]
 
 
