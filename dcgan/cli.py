@@ -4,20 +4,23 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from .params import ParamError
+from .errors import UserError
 
-
-class UserError(Exception):
-    """A mistake in the user's input (a path, a file, a model); the message says which and what to do."""
+__all__ = ["UserError", "run"]
 
 
 def run(main: Callable[[], int | None]) -> None:
-    from .data import PrepareError
-
+    """Call main(); a UserError (ParamError, PrepareError, ...) or a file the user named that cannot be
+    read or written becomes `error: <one line>` on stderr and exit code 2."""
     try:
         code = main()
-    except (ParamError, PrepareError, UserError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
+        # a path the user gave (an --out folder, the project folder) that we may not write or read
+        print(f"error: {e.strerror}: '{e.filename}'" + (f" -> '{e.filename2}'" if e.filename2 else ""),
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

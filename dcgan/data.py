@@ -16,13 +16,14 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from tqdm import tqdm
 
+from .errors import UserError
 from .files import atomic_write, atomic_write_bytes
 from .images import OS_DEBRIS, BadImage, decode
 
 SPLITS = ("train", "val", "test")
 
 
-class PrepareError(RuntimeError):
+class PrepareError(UserError, RuntimeError):
     """The prepare stage cannot produce a usable dataset; the message says why."""
 
 

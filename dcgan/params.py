@@ -15,10 +15,12 @@ from typing import Any, Callable
 
 import yaml
 
+from .errors import UserError
+
 PARAMS_FILE = Path("params.yaml")
 
 
-class ParamError(ValueError):
+class ParamError(UserError, ValueError):
     """A value in params.yaml that a stage cannot use; the message names the key."""
 
 
