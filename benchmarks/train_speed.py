@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from dcgan.model import Discriminator, Generator, init_weights  # noqa: E402
-from dcgan.training import memory_format, pick_device, train_step  # noqa: E402
+from dcgan.device import memory_format, pick_device  # noqa: E402
+from dcgan.training import train_step  # noqa: E402
 
 
 def images_per_s(fmt, args, device) -> float:

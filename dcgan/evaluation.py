@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import metrics, pictures
 from .files import atomic_write_text
-from .training import frozen_batchnorm
+from .model import frozen_batchnorm
 
 GEN_BATCH = 256
 D_BATCH = 64           # the default training batch size
@@ -179,7 +179,9 @@ def evaluate(fake: np.ndarray, discriminator, train_arr: np.ndarray, test_arr: n
     n_gen, seed = len(fake), p["seed"]
     rng = np.random.default_rng(seed)
 
-    train_sub = train_arr[np.sort(rng.choice(len(train_arr), min(n_gen, len(train_arr)), replace=False))]
+    pick = np.sort(rng.choice(len(train_arr), min(n_gen, len(train_arr)), replace=False))
+    # all of them: the (memory-mapped) array itself, not a copy of the whole split
+    train_sub = train_arr if len(pick) == len(train_arr) else train_arr[pick]
     res: dict[str, float | int | None] = {"n_generated": n_gen, "n_test": len(test_arr), "n_train": len(train_arr)}
 
     # sliced Wasserstein distance, model and real-vs-real floor against the same test descriptors

@@ -35,3 +35,10 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
 
 def atomic_write_text(path: Path | str, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj, path: Path | str) -> Path:
+    """torch.save, atomically and fsync'd: a checkpoint or model survives a kill and a power loss."""
+    import torch  # here, so that modules writing only text or images don't need torch
+
+    return atomic_write(path, lambda f: torch.save(obj, f), fsync=True)

@@ -170,7 +170,7 @@ class SWD:
         rng = np.random.default_rng(self.seed)
         out: list[list[torch.Tensor]] = [[] for _ in self.resolutions]
         for i in range(0, len(images), self.batch):
-            x = torch.from_numpy(np.ascontiguousarray(images[i:i + self.batch])).to(self.device)
+            x = torch.from_numpy(np.array(images[i:i + self.batch])).to(self.device)  # a copy: images may be a read-only memmap
             for lvl, level in enumerate(laplacian_pyramid(x, len(self.resolutions))):
                 out[lvl].append(_sample_patches(level, rng, self.per_image, self.nhood))
             bar.update()

@@ -8,10 +8,13 @@ LeakyReLU(0.2) and BatchNorm after every conv but the first, ending in a 4x4 con
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .files import atomic_torch_save
 
 MAX_WIDTH_MULT = 8  # as in the paper's 64px model; caps the width of 128/256px models
 
@@ -76,12 +79,23 @@ def init_weights(m: nn.Module):
         nn.init.zeros_(m.bias)
 
 
+@contextmanager
+def frozen_batchnorm(model: nn.Module):
+    """Forward in train mode (batch statistics, as in training) without moving the running statistics."""
+    saved = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+    try:
+        yield
+    finally:
+        model.load_state_dict(saved, strict=False)
+
+
 def save(model: nn.Module, path: Path):
     """state_dict + architecture, loadable with torch.load(weights_only=True)."""
-    from .training import atomic_torch_save
-
     kind = "generator" if isinstance(model, Generator) else "discriminator"
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # NCHW on disk
+    # NCHW strides on disk whatever the layout in training (.contiguous() keeps channels_last strides of a
+    # tensor with one channel), so the same weights always give the same bytes
+    state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+             for k, v in model.state_dict().items()}
     atomic_torch_save({"kind": kind, "config": dict(model.config), "state_dict": state}, path)
 
 

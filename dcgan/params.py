@@ -109,7 +109,9 @@ SCHEMA: dict[str, Param] = {
               else "must be auto, cpu, cuda, cuda:N or mps"),
         Param("precision", str, "fp32, or bf16 autocast (about 2x faster on CPUs with avx512_bf16 and on GPUs)",
               _one_of("fp32", "bf16")),
-        Param("sample_every", int, "log a grid of samples every N epochs", _at_least(1)),
+        Param("sample_every", (int, str), "log a grid of samples every N epochs, or 'auto' (about 100 per run, "
+              "denser early)", lambda v: None if v == "auto" or (isinstance(v, int) and v >= 1)
+              else "must be 'auto' or an int >= 1"),
         Param("checkpoint_every", int, "write the resumable checkpoint every N epochs", _at_least(1)),
         # generate
         Param("num_images", int, "images the generate stage writes (and evaluate scores)", _between(1, 10_000_000)),

@@ -6,7 +6,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan package lives at the repo root
 
-from dcgan import cli, data, evaluation, model, params, training  # noqa: E402
+from dcgan import cli, data, evaluation, model, params  # noqa: E402
+from dcgan.device import pick_device  # noqa: E402
 
 
 def main():
@@ -21,7 +22,7 @@ def main():
     args = ap.parse_args()
     p = params.load("evaluate", args.params)
     try:
-        device = training.pick_device(p["device"])
+        device = pick_device(p["device"])
     except ValueError as e:
         raise params.ParamError(f"{args.params}: 'device' {e}") from None
     for split in ("train", "test"):

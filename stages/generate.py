@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan packag
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dcgan import cli, generation, params, pictures, training  # noqa: E402
+from dcgan import cli, generation, params, pictures  # noqa: E402
+from dcgan.device import pick_device  # noqa: E402
 from dcgan import model as models  # noqa: E402
 
 DEFAULTS = {"num_images": 64, "generate_seed": 1, "invert_steps": 300, "device": "auto"}
@@ -41,7 +42,7 @@ def settings(args) -> dict:
 
 def load_generator(path: Path, device_name: str):
     try:
-        device = training.pick_device(device_name)
+        device = pick_device(device_name)
     except ValueError as e:
         raise cli.UserError(str(e)) from None
     try:

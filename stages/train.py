@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan package lives at the repo root
 
-from dcgan import cli, data, params, training  # noqa: E402
+from dcgan import cli, data, device, params, training  # noqa: E402
 
 
 def main():
@@ -18,7 +18,7 @@ def main():
     args = ap.parse_args()
     p = params.load("train", args.params)
     try:
-        training.pick_device(p["device"])
+        device.pick_device(p["device"])
     except ValueError as e:
         raise params.ParamError(f"{args.params}: 'device' {e}") from None
     for split in ("train", "val"):

@@ -1,0 +1,100 @@
+"""The resumable checkpoint: what it holds, when it may be resumed, and the RNG state that makes resume exact.
+
+DVC 3 has no training checkpoints, so resume is ours. A checkpoint is resumed only when its fingerprint
+equals the current one: the training params, the prepared data, the torch version, and the source of
+every project module the training loop executes (derived from its imports, see sources.py). Anything
+else starts fresh, with one line that names what changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import sources
+
+# Params that change the trajectory of training. epochs, sample_every, checkpoint_every and device don't.
+FINGERPRINT_KEYS = ("nz", "ngf", "ndf", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "seed", "precision")
+
+
+def data_hash(*arrays: np.ndarray, block: int = 4096) -> str:
+    """sha256 of shapes and bytes; reads memory-mapped arrays in blocks of rows, never all at once."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(str(a.shape).encode())
+        for i in range(0, len(a), block):
+            h.update(np.ascontiguousarray(a[i:i + block]).data)
+    return h.hexdigest()
+
+
+def training_code() -> dict[str, str]:
+    """sha256 of every project file the training loop imports (dcgan/training.py and what it pulls in)."""
+    from . import training
+    return sources.digests(sources.project_files(Path(training.__file__)))
+
+
+def fingerprint(p: dict, train: np.ndarray, val: np.ndarray) -> dict:
+    return {**{k: p[k] for k in FINGERPRINT_KEYS}, "data_sha256": data_hash(train, val),
+            "torch": str(torch.__version__), "code": training_code()}
+
+
+def _what_changed(old: dict, new: dict) -> list[str]:
+    out = []
+    for k in new:
+        if old.get(k) == new[k]:
+            continue
+        if k == "data_sha256":
+            out.append("prepared data")
+        elif k == "code":
+            before = old.get("code") or {}
+            files = sorted(f for f in set(before) | set(new[k]) if before.get(f) != new[k].get(f))
+            out.append("code of " + ", ".join(files) if before else "code (the checkpoint has no code record)")
+        else:
+            out.append(f"{k} {old.get(k)!r} -> {new[k]!r}")
+    return out
+
+
+def load(path: Path, fp: dict) -> tuple[dict | None, str]:
+    """(checkpoint or None, one-line reason when it is not used)."""
+    if not path.is_file():
+        return None, "no checkpoint: starting fresh"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        epoch = ckpt["epoch"]
+    except Exception as e:  # noqa: BLE001 - a half-written or foreign file: start over, say so
+        return None, f"checkpoint {path} is unreadable ({type(e).__name__}): starting fresh"
+    changed = _what_changed(ckpt.get("fingerprint", {}), fp)
+    if changed:
+        return None, (f"checkpoint at epoch {epoch} was made with different settings "
+                      f"({'; '.join(changed)}): starting fresh")
+    return ckpt, f"resuming from checkpoint at epoch {epoch}"
+
+
+# ---- RNG state, stored in a form torch.load(weights_only=True) accepts ----
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(s: dict):
+    random.setstate(s["python"])
+    name, keys, *rest = s["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
