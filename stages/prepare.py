@@ -16,7 +16,8 @@ def main():
     ap.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     args = ap.parse_args()
     p = params.load("prepare", args.params)
-    settings = data.Settings(p["image_size"], p["channels"], p["resize"], p["background"], p["max_image_pixels"])
+    settings = data.Settings(p["image_size"], p["channels"], p["resize"], p["background"], p["max_image_pixels"],
+                             p["max_file_bytes"])
     t0 = time.perf_counter()
     manifest = data.prepare(Path(p["source"]).expanduser(), args.out, settings, p["val_fraction"],
                             p["test_fraction"], p["max_skipped_fraction"], p, workers=args.workers)

@@ -394,3 +394,249 @@ def test_max_image_pixels_above_pils_own_limit_is_ours_to_set():
     assert "decompression bomb" not in str(e.value) and "truncated" in str(e.value)
     with pytest.raises(BadImage, match="over max_image_pixels"):
         decode(blob, ".png", 1, 32, "crop", "white", MAX_PIXELS)
+
+
+# --- file size limit (max_file_bytes) -------------------------------------------------------------
+
+def big_bmp() -> bytes:
+    """A 200x200 BMP: 120 KB uncompressed, a few hundred bytes deflated."""
+    return png_bytes(Image.new("RGB", (200, 200), (10, 200, 30)), "BMP")
+
+
+def test_file_over_max_file_bytes_is_skipped_unread(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    good = make_good(src, 6)  # 40x40 noise PNGs, about 5 KB each
+    (src / "big.bmp").write_bytes(big_bmp())
+    size = (src / "big.bmp").stat().st_size
+    opened = []
+    real_open = open
+
+    def spy_open(path, *a, **kw):
+        opened.append(Path(path).name)
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(data, "open", spy_open, raising=False)  # data._read's `open`
+    settings = data.Settings(32, 3, "crop", "white", MAX_PIXELS, max_file_bytes=20_000)
+    m = run(src, tmp_path / "out", settings=settings, max_skipped=0.5, workers=1)
+    assert m["skipped"] == [{"path": "big.bmp",
+                             "reason": f"file too large: {size} bytes is over max_file_bytes=20000"}]
+    assert sorted(m["files"]) == good
+    assert "big.bmp" not in opened and len(opened) == len(good)  # judged from stat, never opened
+    # at the limit is allowed; the setting reaches the worker processes too
+    settings = data.Settings(32, 3, "crop", "white", MAX_PIXELS, max_file_bytes=size)
+    assert run(src, tmp_path / "out2", settings=settings, workers=2)["skipped"] == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_zip_member_over_max_file_bytes_is_skipped_from_its_header(tmp_path, monkeypatch, workers):
+    z = tmp_path / "images.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(6):
+            zf.writestr(f"{i}.png", png_bytes(noise_image(i)))
+        zf.writestr("sub/big.bmp", big_bmp())
+    with zipfile.ZipFile(z) as zf:
+        info = zf.getinfo("sub/big.bmp")
+    assert info.compress_size < 20_000 < info.file_size  # the uncompressed size is what counts
+    read = []
+    real_open = zipfile.ZipFile.open
+
+    def spy(self, name, *a, **kw):
+        read.append(getattr(name, "filename", name))
+        return real_open(self, name, *a, **kw)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", spy)  # seen in this process only (workers=1)
+    settings = data.Settings(32, 3, "crop", "white", MAX_PIXELS, max_file_bytes=20_000)
+    m = run(z, tmp_path / "out", settings=settings, max_skipped=0.5, workers=workers)
+    assert m["skipped"] == [{"path": "sub/big.bmp",
+                             "reason": f"file too large: {info.file_size} bytes is over max_file_bytes=20000"}]
+    assert len(m["files"]) == 6
+    if workers == 1:
+        assert "sub/big.bmp" not in read and len(read) == 6
+
+
+# --- the arrays: exactly np.save(np.stack(...)), written atomically ------------------------------
+
+def test_arrays_are_byte_identical_to_np_save_of_the_stacked_images(tmp_path):
+    import io
+
+    src = tmp_path / "src"
+    make_good(src, 30)
+    noise_image(5, (70, 50), "L").save(src / "grey.gif")
+    shutil.copy(src / "img0002.png", src / "zz-copy.png")
+    (src / "bad.png").write_bytes(b"garbage")
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        m = run(src, out, val=0.2, test=0.0, max_skipped=0.5, workers=workers)
+        assert m["counts"]["test"] == 0
+        for split in data.SPLITS:
+            names = sorted((n for n, f in m["files"].items() if f["split"] == split),
+                           key=lambda n: m["files"][n]["row"])
+            assert names == sorted(names)  # rows follow name order
+            decoded = [decode((src / n).read_bytes(), Path(n).suffix, 3, 32, "crop", "white", MAX_PIXELS)
+                       for n in names]
+            expect = io.BytesIO()
+            np.save(expect, np.stack(decoded) if decoded else np.zeros((0, 3, 32, 32), np.uint8),
+                    allow_pickle=False)
+            assert (out / f"{split}.npy").read_bytes() == expect.getvalue(), (workers, split)
+
+
+def test_npy_appender_rewrites_when_the_header_grows(tmp_path, monkeypatch):
+    # numpy pads the header so the row count can grow in place; if a version did not, the rows are
+    # copied behind a longer header and the file is still a valid .npy
+    real = data._npy_header
+
+    def header(shape):
+        h = real(shape)
+        if shape[0] == 0:
+            return h
+        body = h[10:].rstrip(b" \n") + b" " * 64
+        total = -(-(10 + len(body) + 1) // 64) * 64
+        return h[:8] + (total - 10).to_bytes(2, "little") + body.ljust(total - 11) + b"\n"
+
+    monkeypatch.setattr(data, "_npy_header", header)
+    rows = np.random.default_rng(0).integers(0, 256, (5, 2, 3, 3), dtype=np.uint8)
+    a = data.NpyAppender(tmp_path / "x.npy", (2, 3, 3))
+    for r in rows:
+        a.append(r)
+    a.finish()
+    a.commit()
+    assert len(header((5, 2, 3, 3))) != len(real((0, 2, 3, 3)))
+    assert np.array_equal(np.load(tmp_path / "x.npy", allow_pickle=False), rows)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.npy"]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_failed_prepare_keeps_the_old_outputs_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    make_good(src, 12)
+    out = tmp_path / "out"
+    run(src, out, val=0.2, test=0.2)
+    before = snapshot(out)
+    make_good(src, 4, start=100)
+    calls = []
+
+    def failing_decode(*a, **kw):
+        calls.append(1)
+        if len(calls) == 9:
+            raise RuntimeError("disk on fire")
+        return decode(*a, **kw)
+
+    monkeypatch.setattr(data, "decode", failing_decode)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run(src, out, val=0.2, test=0.2, workers=1)
+    assert snapshot(out) == before  # old arrays and manifest untouched, no .tmp left
+    # a failure before any output existed leaves no output folder behind
+    monkeypatch.setattr(data, "decode", decode)
+    (src / "broken.png").write_bytes(b"")
+    with pytest.raises(PrepareError):
+        run(src, tmp_path / "new" / "out", max_skipped=0.0)
+    assert not (tmp_path / "new" / "out").exists()
+
+
+KILL_CHILD = r"""
+import sys, time
+from pathlib import Path
+from dcgan import data, images
+real, calls = data.decode, []
+def slow(*a, **kw):  # 300 images take 6 s; after 100 say so, and wait to be killed
+    calls.append(1)
+    if len(calls) == 100:
+        Path(sys.argv[3]).touch()
+    time.sleep(0.02)
+    return real(*a, **kw)
+data.decode = slow
+data.prepare(Path(sys.argv[1]), Path(sys.argv[2]), data.Settings(32, 3, "crop", "white", 89478485),
+             0.2, 0.2, 0.5, {}, workers=1, progress=False)
+"""
+
+
+def test_killed_prepare_leaves_no_half_array(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    make_good(src, 300)
+    out = tmp_path / "out"
+    root = Path(data.__file__).resolve().parents[1]
+    halfway = tmp_path / "halfway"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(src), str(out), str(halfway)], cwd=root)
+    try:
+        deadline = time.monotonic() + 60
+        while not halfway.exists():  # 100 of 300 images decoded and written
+            assert proc.poll() is None, "prepare ended before it could be killed"
+            assert time.monotonic() < deadline, "prepare never got a third of the way"
+            time.sleep(0.02)
+        assert len(list(out.glob(".*.npy.*.tmp"))) == 3  # the arrays under construction
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []  # no final file at all
+    # the next run completes and clears what the killed one left
+    m = run(src, out, val=0.2, test=0.2)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test.npy", "train.npy", "val.npy"]
+    assert sum(m["counts"][s] for s in data.SPLITS) == 300
+
+
+# --- load_split -----------------------------------------------------------------------------------
+
+def test_load_split_is_a_read_only_memory_map(tmp_path):
+    src = tmp_path / "src"
+    make_good(src, 8)
+    m = run(src, tmp_path / "out", val=0.0, test=0.0)
+    arr = data.load_split(tmp_path / "out", "train")
+    assert isinstance(arr, np.memmap) and not arr.flags.writeable
+    assert arr.shape == (m["counts"]["train"], 3, 32, 32)
+    assert np.array_equal(arr, np.load(tmp_path / "out" / "train.npy", allow_pickle=False))
+    with pytest.raises(ValueError):
+        arr[0, 0, 0, 0] = 1
+    empty = data.load_split(tmp_path / "out", "val")
+    assert empty.shape == (0, 3, 32, 32) and empty.dtype == np.uint8
+
+
+def _save(path: Path, arr) -> None:
+    with open(path, "wb") as f:
+        np.save(f, arr, allow_pickle=True)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("missing", ["not found"]),
+    ("empty", ["not a valid .npy"]),
+    ("text", ["not a valid .npy"]),
+    ("truncated", ["not a valid .npy"]),
+    ("pickled", ["not a valid .npy"]),
+    ("npz", ["not a .npy array"]),
+    ("float", ["float32", "not uint8 images"]),
+    ("3d", ["(4, 32, 32)", "not uint8 images"]),
+])
+def test_load_split_errors_are_one_line_naming_the_file(tmp_path, kind, words):
+    path = tmp_path / "train.npy"
+    good = np.zeros((4, 3, 32, 32), np.uint8)
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not an array\n" * 10)
+    elif kind == "truncated":
+        _save(path, good)
+        path.write_bytes(path.read_bytes()[:-100])
+    elif kind == "pickled":
+        _save(path, np.array([{"a": 1}], dtype=object))
+    elif kind == "npz":
+        with open(path, "wb") as f:
+            np.savez(f, train=good)
+    elif kind == "float":
+        _save(path, good.astype(np.float32))
+    elif kind == "3d":
+        _save(path, good[:, 0])
+    with pytest.raises(PrepareError) as e:
+        data.load_split(tmp_path, "train")
+    msg = str(e.value)
+    assert str(path) in msg and "\n" not in msg, msg
+    for w in words:
+        assert w in msg, msg

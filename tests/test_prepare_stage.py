@@ -70,3 +70,39 @@ def test_sprites_are_not_on_black(prepared):
     corners = np.concatenate([a[:, :, 0, 0] for a in arrays.values()])
     assert (corners == 0).all(axis=1).mean() < 0.01
     assert (corners == 255).all(axis=1).mean() > 0.8
+
+
+def test_stage_skips_files_over_max_file_bytes_before_reading(tmp_path):
+    """stages/prepare.py passes max_file_bytes through: every sprite larger than it is skipped, with its size."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import ROOT
+
+    if not IMAGES.is_dir():
+        pytest.skip(f"Pokémon dataset not found at {IMAGES}")
+    sizes = sorted(p.stat().st_size for p in IMAGES.iterdir())
+    limit = sizes[len(sizes) * 3 // 4]  # about a quarter of the files are larger
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p.update(source=str(IMAGES), image_size=32, channels=3, max_file_bytes=limit, max_skipped_fraction=0.5)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    out = tmp_path / "prepared"
+    r = subprocess.run([sys.executable, "stages/prepare.py", "--params", str(tmp_path / "params.yaml"),
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["params"]["max_file_bytes"] == limit
+    too_large = {os.path.basename(n): os.stat(IMAGES / n).st_size for n in os.listdir(IMAGES)
+                 if os.stat(IMAGES / n).st_size > limit}
+    assert 150 < len(too_large) < 250
+    assert {s["path"]: s["reason"] for s in m["skipped"]} == {
+        n: f"file too large: {size} bytes is over max_file_bytes={limit}" for n, size in too_large.items()}
+    assert len(m["files"]) + m["counts"]["duplicates"] == EXPECTED_FILES - len(too_large)
+    assert "file too large" in r.stdout  # the first skipped files are listed with their reason
+    for split in data.SPLITS:
+        arr = data.load_split(out, split)
+        assert isinstance(arr, np.memmap) and arr.shape == (m["counts"][split], 3, 32, 32)
