@@ -47,8 +47,9 @@ def set_params(repo: Path, **changes):
     path.write_text(yaml.safe_dump(p, sort_keys=False))
 
 
-def copy_repo(dest: Path, params: dict | None = None) -> Path:
-    """Copy the project's files (tracked + untracked, not ignored) to `dest`, git init and commit there."""
+def copy_repo(dest: Path, params: dict | None = None, demo_limit: int | None = None) -> Path:
+    """Copy the project's files (tracked + untracked, not ignored) to `dest`, git init and commit there.
+    demo_limit: the demo stage writes only that many of its 5,000 digits (faster tests)."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
                            capture_output=True, check=True).stdout.decode().split("\0")
     for f in filter(None, files):
@@ -58,6 +59,11 @@ def copy_repo(dest: Path, params: dict | None = None) -> Path:
             shutil.copy2(src, dest / f)
     (dest / ".dvc" / "config.local").unlink(missing_ok=True)
     set_params(dest, **{**TINY, **(params or {})})
+    if demo_limit:
+        dvcyaml = dest / "dvc.yaml"
+        cmd = "cmd: python stages/demo.py --out data/demo"
+        assert cmd in dvcyaml.read_text()
+        dvcyaml.write_text(dvcyaml.read_text().replace(cmd, f"{cmd} --limit {demo_limit}"))
     sh("git init -q -b main && git add -A && git commit -qm 'copy of the project'", dest)
     return dest
 

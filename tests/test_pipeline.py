@@ -1,10 +1,12 @@
 """dvc integration: the whole DAG in a temporary copy of the repository."""
 import json
+import re
+import time
 
 import numpy as np
 import pytest
 
-from conftest import sh, set_params
+from conftest import copy_repo, set_params, sh
 
 pytestmark = pytest.mark.integration
 
@@ -52,9 +54,32 @@ def test_invalid_param_stops_dvc_repro_with_the_key_named(repo):
     assert "image_size" in r.stderr + r.stdout and "power of two from 32 to 256" in r.stderr + r.stdout
 
 
+def train_metrics_of_experiments(repo) -> dict:
+    """{experiment name: (params.yaml data, metrics/train.json data or None, metrics/eval.json data or None)}"""
+    out = {}
+    for commit in json.loads(sh("dvc exp show --json", repo).stdout):
+        for e in commit.get("experiments") or []:
+            data = e["revs"][0]["data"]
+            metrics = data.get("metrics") or {}
+            out[e["name"]] = (data["params"]["params.yaml"]["data"],
+                              (metrics.get("metrics/train.json") or {}).get("data"),
+                              (metrics.get("metrics/eval.json") or {}).get("data"))
+    return out
+
+
 def test_exp_run_twice_show_and_diff(repo):
     sh("dvc repro", repo)
     sh("git add -A && git commit -qm baseline", repo)
+    summary = (repo / "metrics/train.json").read_text()
+    series = (repo / "metrics/train/plots/metrics/loss_d.tsv").read_text()
+
+    # a param that does not change training: train re-runs (DVC deletes its outputs first), trains nothing,
+    # and writes every output again exactly as the run that made them
+    r = sh("dvc exp run -n resample -S sample_every=3", repo)
+    assert "train" in ran_stages(r.stdout) and "already trained for 1 epochs" in r.stdout, r.stdout[-3000:]
+    assert (repo / "metrics/train.json").read_text() == summary
+    assert (repo / "metrics/train/plots/metrics/loss_d.tsv").read_text() == series
+    assert (repo / "metrics/train/plots/images/samples/00001.png").is_file()
     sh("dvc exp run -n one -S epochs=1", repo)
     sh("dvc exp run -n two -S epochs=2", repo)
     shown = json.loads(sh("dvc exp show --json", repo).stdout)
@@ -64,6 +89,9 @@ def test_exp_run_twice_show_and_diff(repo):
             rev = e["revs"][0]
             exps[e["name"]] = rev["data"]
     assert {"one", "two"} <= set(exps)
+    every = train_metrics_of_experiments(repo)
+    assert every["resample"][1] == json.loads(summary)
+    assert all(m and m["epochs_done"] == p["epochs"] for p, m, _ in every.values()), every
     for name, epochs in (("one", 1), ("two", 2)):
         data = exps[name]
         assert data["params"]["params.yaml"]["data"]["epochs"] == epochs
@@ -75,3 +103,55 @@ def test_exp_run_twice_show_and_diff(repo):
     assert diff["params"]["params.yaml"]["epochs"]["new"] == 2
     text = sh("dvc exp diff one two", repo).stdout
     assert "epochs" in text
+
+
+def test_queued_grid_of_four_experiments_runs_each_to_the_end(tmp_path):
+    """`dvc exp run --queue` with comma lists queues the grid; `dvc queue start -j 2` runs it in temporary
+    workspaces; each experiment resumes the baseline's checkpoint only when its training params equal it."""
+    repo = copy_repo(tmp_path / "repo", demo_limit=300)
+    sh("dvc repro", repo)
+    sh("git add -A && git commit -qm baseline", repo)
+    base = json.loads((repo / "metrics/train.json").read_text())
+
+    sh("dvc exp run --queue -S 'lr_g=0.0001,0.0002' -S 'seed=0,1'", repo)
+    status = sh("dvc queue status", repo).stdout
+    assert status.count("Queued") == 4, status
+    t0 = time.monotonic()
+    sh("dvc queue start -j 2", repo)
+    while time.monotonic() - t0 < 600:
+        status = sh("dvc queue status", repo).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(2)
+    wall = time.monotonic() - t0
+    assert status.count("Success") == 4 and "Failed" not in status, status
+
+    every = train_metrics_of_experiments(repo)
+    grid = {(p["lr_g"], p["seed"]): (m, e) for p, m, e in every.values()}
+    assert set(grid) == {(0.0001, 0), (0.0001, 1), (0.0002, 0), (0.0002, 1)}, every
+    for (lr_g, seed), (m, e) in grid.items():
+        assert m and m["epochs_done"] == 1 and e and "swd" in e, (lr_g, seed, m, e)
+    assert grid[(0.0002, 0)][0] == base                  # the baseline's params: its checkpoint, not retrained
+    for key in [(0.0001, 0), (0.0001, 1), (0.0002, 1)]:
+        assert grid[key][0]["loss_g"] != base["loss_g"], key  # other params: trained from scratch
+    print(f"queued grid of 4 experiments with -j 2: {wall:.0f} s")
+
+
+def test_a_long_run_keeps_git_small_and_the_grids_in_the_dvc_cache(tmp_path):
+    repo = copy_repo(tmp_path / "repo", params={"epochs": 300, "batch_size": 32, "sample_every": "auto"},
+                     demo_limit=100)
+    sh("dvc repro", repo)
+    sh("git add -A", repo)
+    tracked = [f for f in sh("git ls-files metrics", repo).stdout.split() if (repo / f).is_file()]
+    size = sum((repo / f).stat().st_size for f in tracked)
+    assert size < 1_000_000, f"{size} bytes of metrics in git"
+    assert not [f for f in tracked if f.startswith("metrics/train/") and f.endswith(".png")], tracked
+    grids = sorted((repo / "metrics/train/plots/images/samples").glob("*.png"))
+    assert len(grids) == 100 and grids[-1].name == "00300.png"
+    lock = (repo / "dvc.lock").read_text()
+    assert "path: metrics/train/plots/images" in lock                  # a cached output: one hash in git
+    shown = json.loads(sh("dvc plots show --json", repo).stdout)["data"]
+    listed = [k for k in shown if k.startswith("metrics/train/plots/images/")]
+    assert len(listed) == 100
+    tsv = sum((repo / f).stat().st_size for f in tracked if f.startswith("metrics/train/plots/metrics/"))
+    print(f"300 epochs: {size} bytes of metrics in git ({tsv} of series, {tsv / 300:.0f} bytes/epoch)")

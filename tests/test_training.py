@@ -15,6 +15,7 @@ import yaml
 from conftest import ROOT, TINY, env
 from dcgan import params as P
 from dcgan import training
+from dcgan.errors import UserError
 
 
 def tiny_params(**changes) -> dict:
@@ -177,3 +178,79 @@ def test_auto_device_picks_cpu_without_accelerators():
         assert training.pick_device("auto").type == "cuda"
     else:
         assert training.pick_device("auto").type in ("cpu", "mps")
+
+
+def test_rerun_at_epochs_rewrites_every_output_from_the_checkpoint(tmp_path, prepared):
+    """DVC deletes a stage's non-persistent outputs before re-running it: all of them must come back the same."""
+    first = run_train(tmp_path, prepared, "a", epochs=2)
+    out = tmp_path / "a"
+    before = {f: (out / f).read_bytes() for f in ("train.json", "models/generator.pt", "models/discriminator.pt")}
+    series = (out / "live/plots/metrics/loss_d.tsv").read_text()
+    for f in before:
+        (out / f).unlink()
+    again = run_train(tmp_path, prepared, "a", epochs=2, sample_every=2, device="cpu")
+    assert any("already trained for 2 epochs" in line for line in again["log"]), again["log"]
+    assert again["summary"] == first["summary"]
+    for f, data in before.items():
+        assert (out / f).read_bytes() == data, f"{f} differs after the re-run"
+    assert (out / "live/plots/metrics/loss_d.tsv").read_text() == series
+
+
+def _code_copy(tmp_path: Path) -> Path:
+    """A copy of the stage script and the package, to change code without touching the repository."""
+    import shutil
+    code = tmp_path / "code"
+    for d in ("dcgan", "stages"):
+        shutil.copytree(ROOT / d, code / d, ignore=shutil.ignore_patterns("__pycache__"))
+    return code
+
+
+def test_changed_training_code_starts_fresh_and_names_the_file(tmp_path, prepared):
+    code = _code_copy(tmp_path)
+    params = tmp_path / "params.yaml"
+    _write_params(params, epochs=1)
+    cmd = _train_cmd(tmp_path, "a", prepared, params)
+    cmd[1] = str(code / "stages/train.py")
+    subprocess.run(cmd, env=env(), check=True, capture_output=True)
+    _write_params(params, epochs=2)
+    with open(code / "dcgan/model.py", "a") as f:
+        f.write("\n# a fix in the model\n")
+    r = subprocess.run(cmd, env=env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "starting fresh" in r.stdout and "code of dcgan/model.py" in r.stdout, r.stdout
+    assert "dcgan/training.py" not in r.stdout.split("starting fresh")[0]       # only what changed is named
+    steps = [line.split("\t")[0] for line in (tmp_path / "a/live/plots/metrics/loss_d.tsv").read_text().splitlines()]
+    assert steps == ["step", "1", "2"]                                            # retrained from epoch 1
+
+
+def test_checkpoint_fingerprint_holds_the_code_of_the_loop(tmp_path, prepared):
+    run_train(tmp_path, prepared, "a", epochs=1)
+    code = torch.load(tmp_path / "a/models/checkpoint.pt", weights_only=True)["fingerprint"]["code"]
+    assert {"dcgan/training.py", "dcgan/model.py", "dcgan/pictures.py", "dcgan/checkpoint.py"} <= set(code)
+    assert "dcgan/generation.py" not in code and "dcgan/evaluation.py" not in code
+
+
+def test_empty_train_split_is_one_line(tmp_path, prepared):
+    np.save(prepared / "train.npy", np.zeros((0, 1, 32, 32), np.uint8))
+    params = tmp_path / "params.yaml"
+    _write_params(params)
+    r = subprocess.run(_train_cmd(tmp_path, "x", prepared, params), env=env(), capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("error: ") and "train split" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_diverged_run_is_a_user_error_and_keeps_the_last_good_checkpoint(tmp_path, prepared, monkeypatch):
+    run_train(tmp_path, prepared, "x", epochs=1)
+    ckpt = (tmp_path / "x/models/checkpoint.pt").read_bytes()
+    step = training.train_step
+
+    def diverging_step(*args):  # what an exploding run looks like to the loop: non-finite losses
+        loss_d, loss_g, out_real, out_fake = step(*args)
+        return loss_d * float("nan"), loss_g, out_real, out_fake
+
+    monkeypatch.setattr(training, "train_step", diverging_step)
+    with pytest.raises(UserError, match=r"diverged at epoch 2 \(loss_d=nan\).*lr_g/lr_d"):
+        run_train(tmp_path, prepared, "x", epochs=3)
+    assert (tmp_path / "x/models/checkpoint.pt").read_bytes() == ckpt        # epoch 1 is still there
+    steps = [line.split("\t")[0] for line in (tmp_path / "x/live/plots/metrics/loss_d.tsv").read_text().splitlines()]
+    assert steps == ["step", "1"]                                              # nothing of the bad epoch logged
