@@ -15,7 +15,7 @@ def run(main: Callable[[], int | None]) -> None:
     try:
         code = main()
     except (UserError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, whatever the message holds
         sys.exit(2)
     except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
         # a path the user gave (an --out folder, the project folder) that we may not write or read

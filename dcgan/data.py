@@ -351,11 +351,15 @@ def _write_json(f, obj) -> None:
 # ---- reading them --------------------------------------------------------------------------------
 
 def load_split(prepared: Path, split: str) -> np.ndarray:
-    """One split as a read-only memory map (uint8 (N, C, H, W)): pages are read from disk as they are used.
+    """One split as a read-only memory map (uint8 (N, C, H, W)): pages are read from disk as they are used."""
+    return load_array(Path(prepared) / f"{split}.npy")
+
+
+def load_array(path: Path, hint: str = "run `dvc repro prepare`") -> np.ndarray:
+    """A prepared .npy file as a read-only memory map of uint8 images (N, C, H, W).
 
     PrepareError, one line naming the file, when it is missing, not a .npy file, or not uint8 images."""
-    path = Path(prepared) / f"{split}.npy"
-    hint = "run `dvc repro prepare`"
+    path = Path(path)
     if not path.is_file():
         raise PrepareError(f"{path} not found: {hint} first")
     try:

@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import pictures
+from .errors import UserError
 from .images import EXTENSION_FORMATS, BadImage, decode
 
 BATCH = 256
-_SAFE_KEY = re.compile(r"^[^/\\\x00-\x1f]{1,200}$")
+_SAFE_KEY = re.compile(r"^[^/\\\x00-\x1f]+$")
+MAX_KEY_BYTES = 200  # <key>.png and its temporary name stay under the usual 255-byte file name limit
 
 
 @torch.no_grad()
@@ -98,10 +100,21 @@ def _json_lines(text: str):
 def _key(rec: dict, seen: set) -> str:
     key = rec.get("key")
     if not isinstance(key, str) or not _SAFE_KEY.match(key) or key in (".", ".."):
-        raise ValueError(f"'key' must be a non-empty string usable as a file name (no '/', '\\'), got {key!r}")
+        raise ValueError(f"'key' must be a non-empty string usable as a file name (no '/', '\\'), got {key!r:.80}")
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:  # the key becomes <key>.png: file systems allow 255 bytes
+        raise ValueError(f"'key' is {len(key.encode('utf-8'))} bytes in UTF-8; file names allow at most "
+                         f"{MAX_KEY_BYTES}: use a shorter key")
     if key in seen:
         raise ValueError(f"duplicate key {key!r}")
     return key
+
+
+def read_utf8(path: Path) -> str:
+    """A JSON Lines file as text; a UserError naming the file when it is not UTF-8."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8 JSON Lines") from None
 
 
 def parse_latents(text: str, nz: int) -> tuple[list[tuple[str, list[float]]], list[LineError]]:
@@ -159,7 +172,7 @@ def read_images_for(G, source: Path, background: str = "white") -> tuple[list[st
                 problems.append(f"{path}: {e}")
     elif source.is_file():
         seen: set = set()
-        for i, rec in _json_lines(source.read_text()):
+        for i, rec in _json_lines(read_utf8(source)):
             if isinstance(rec, LineError):
                 problems.append(rec)
                 continue

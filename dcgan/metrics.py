@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .errors import UserError, brief
+
 # ----------------------------------------------------------------------------------------------
 # Sliced Wasserstein distance on Laplacian-pyramid patches
 # ----------------------------------------------------------------------------------------------
@@ -294,6 +296,10 @@ class FeatureExtractor(Protocol):
         """uint8 (N, C, H, W) -> float (N, D)."""
 
 
+class WeightsFileError(UserError, ValueError):
+    """The FID weights file exists but is not the one FID needs."""
+
+
 def default_fid_weights_path() -> Path:
     """Where pytorch-fid and torch-fidelity cache the file: <torch hub dir>/checkpoints/."""
     return Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILE
@@ -392,7 +398,7 @@ class FIDInception(nn.Module):
         missing, unexpected = self.net.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
         if missing or unexpected:
-            raise ValueError(f"{path} is not the FID Inception weights file {FID_WEIGHTS_FILE}: "
+            raise WeightsFileError(f"fid_weights: {path} is not the FID Inception weights file {FID_WEIGHTS_FILE}: "
                              f"{len(missing)} missing keys (e.g. {missing[:2]}), "
                              f"{len(unexpected)} unexpected keys (e.g. {unexpected[:2]})")
 
@@ -439,11 +445,12 @@ def load_inception(fid_weights: str = "", device: str | torch.device = "cpu", lo
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file
-        raise ValueError(f"{path} could not be read as a PyTorch state dict ({type(e).__name__}: {e})") from e
+        raise WeightsFileError(f"fid_weights: {path} could not be read as a PyTorch state dict ({brief(e)}); "
+                               f"use the pytorch-fid file {FID_WEIGHTS_FILE}, or '' to skip FID/KID") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict")
+        raise WeightsFileError(f"fid_weights: {path} does not hold a state dict")
     net = build()
     if hasattr(net, "load_weights"):
         net.load_weights(state, path)

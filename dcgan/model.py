@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import brief
 from .files import atomic_torch_save
 
 MAX_WIDTH_MULT = 8  # as in the paper's 64px model; caps the width of 128/256px models
@@ -110,5 +111,5 @@ def load(path: Path | str, device: str | torch.device = "cpu") -> nn.Module:
         model = cls(**blob["config"])
         model.load_state_dict(blob["state_dict"])
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"'{path}' is not a model saved by this project: {e}") from e
+        raise ValueError(f"'{path}' is not a model saved by this project ({brief(e)})") from e
     return model.to(device).eval()

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, brief
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -138,9 +138,13 @@ def read(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
     if not path.is_file():
         raise ParamError(f"{path} not found: run from the repository root")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ParamError(f"{path} is not valid YAML: {e}") from e
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ParamError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', None) or brief(e)}") from None
+    except UnicodeDecodeError as e:
+        raise ParamError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     if not isinstance(data, dict):
         raise ParamError(f"{path} must be a mapping of key: value")
     return data

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan packag
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dcgan import cli, generation, params, pictures  # noqa: E402
+from dcgan import cli, data, generation, params, pictures  # noqa: E402
 from dcgan.device import pick_device  # noqa: E402
 from dcgan import model as models  # noqa: E402
 
@@ -64,9 +64,7 @@ def cmd_sample(args, p):
     pictures.save_png(pictures.grid(generation.interpolation(G, p["generate_seed"], device), nrow=10),
                       out / "interpolation.png")
     if args.real is not None:
-        if not args.real.is_file():
-            raise cli.UserError(f"--real {args.real} not found (run `dvc repro prepare`)")
-        real = np.load(args.real, allow_pickle=False)[:INVERSION_DEMO]
+        real = np.array(data.load_array(args.real)[:INVERSION_DEMO])
         if len(real):
             z, err = generation.invert(G, real, p["invert_steps"], device, seed=p["generate_seed"])
             recon = generation.generate(G, torch.from_numpy(z), device)
@@ -79,7 +77,7 @@ def cmd_latents(args, p):
     G, device = load_generator(args.model, p["device"])
     if not args.input.is_file():
         raise cli.UserError(f"--input {args.input} not found")
-    rows, errors = generation.parse_latents(args.input.read_text(), G.nz)
+    rows, errors = generation.parse_latents(generation.read_utf8(args.input), G.nz)
     for e in errors:
         print(f"{args.input}: {e}", file=sys.stderr)
     if not rows:
