@@ -1,6 +1,6 @@
 """Does prepare scale? Wall time per image and peak memory for 1,000, 10,000 and 50,000 images.
 
-    python benchmarks/prepare_scale.py [--sizes 1000,10000,50000] [--cache DIR] [--repo TREE] [--workers N]
+    python benchmarks/prepare_scale.py [--sizes 1000,10000,50000] [--cache DIR] [--repo TREE] [--workers N] [--repeats 3]
 
 The images are synthetic 64 px RGB PNGs (a random two-colour gradient plus noise, the same on every
 machine), written once under --cache (default ~/.cache/dcgan-bench/prepare_scale, about 0.7 GB for
@@ -12,13 +12,13 @@ between the processes once per process, so the sum errs on the high side; the pe
 proportional set size (PSS, shared pages split between the sharers) is given beside it in the JSON.
 
 --repo runs the dcgan package of another checkout (e.g. `git worktree add /tmp/before <commit>`), so a
-change can be measured before and after on the same files. The smallest size is run 3 times (best
-time, highest memory) because its time per image is the reference.
+change can be measured before and after on the same files. Each size runs --repeats times (default 3):
+the best time and the highest memory count.
 
 Targets at the largest size: peak RSS <= 1.2 x the arrays' size + 150 MB, and time per image within
 20% of the smallest size's. The last line printed is a JSON object: {"rows": [{"images", "s_per_image",
 "prepare_s", "process_s", "peak_rss_mb", "peak_pss_mb", "arrays_mb", "ratio"}, ...], "targets": {...},
-"repo", "workers"}.
+"repo", "workers", "repeats"}.
 """
 from __future__ import annotations
 
@@ -152,6 +152,7 @@ def main() -> int:
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"where the PNG folders live (default {DEFAULT_CACHE})")
     ap.add_argument("--repo", type=Path, default=ROOT, help="checkout whose dcgan package runs (default: this one)")
     ap.add_argument("--workers", type=int, default=0, help="prepare's processes (default: all cores)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each size; best time, highest memory (default 3)")
     ap.add_argument("--tmp", type=Path, default=None, help="where the arrays are written (default: the system temp dir)")
     args = ap.parse_args()
     sizes = sorted({int(s) for s in args.sizes.split(",")})
@@ -164,7 +165,7 @@ def main() -> int:
     for n in sizes:
         warm(folders[n])
         runs = []
-        for _ in range(3 if n == sizes[0] else 1):
+        for _ in range(max(1, args.repeats)):
             with tempfile.TemporaryDirectory(prefix="prepare_scale_", dir=args.tmp) as tmp:
                 runs.append(run_once(repo, folders[n], Path(tmp) / "prepared", args.workers))
         best = min(runs, key=lambda r: r["prepare_s"])
@@ -181,7 +182,7 @@ def main() -> int:
     targets = {"memory_ok": big["peak_rss_mb"] <= mem_limit, "memory_limit_mb": mem_limit,
                "time_ok": time_ratio <= 1.2, "time_vs_smallest": time_ratio}
 
-    print(f"prepare ({repo}), {SIZE} px RGB PNG, workers={args.workers or os.cpu_count()}")
+    print(f"prepare ({repo}), {SIZE} px RGB PNG, workers={args.workers or os.cpu_count()}, best of {args.repeats}")
     print(f"{'images':>8} {'ms/image':>9} {'prepare s':>10} {'peak MB':>9} {'(PSS MB)':>9} {'arrays MB':>10} {'peak/arrays':>12}")
     for r in rows:
         print(f"{r['images']:>8} {r['s_per_image'] * 1e3:>9.3f} {r['prepare_s']:>10.2f} {r['peak_rss_mb']:>9.0f} "
@@ -192,7 +193,7 @@ def main() -> int:
     print(json.dumps({"rows": [{k: round(v, 7 if k == "s_per_image" else 3) if isinstance(v, float) else v
                                 for k, v in r.items()} for r in rows],
                       "targets": {k: round(v, 3) if isinstance(v, float) else v for k, v in targets.items()},
-                      "repo": str(repo), "workers": args.workers or os.cpu_count()}))
+                      "repo": str(repo), "workers": args.workers or os.cpu_count(), "repeats": args.repeats}))
     return 0
 
 
