@@ -16,8 +16,9 @@ import torch
 
 from . import sources
 
-# Params that change the trajectory of training. epochs, sample_every, checkpoint_every and device don't.
-FINGERPRINT_KEYS = ("nz", "ngf", "ndf", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "seed", "precision")
+# Params that change the trajectory of training. epochs, sample_every, checkpoint_every and device don't;
+# precision, channels_last and compile do, a little: fingerprint() records what they resolved to.
+FINGERPRINT_KEYS = ("nz", "ngf", "ndf", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "seed")
 
 
 def data_hash(*arrays: np.ndarray, block: int = 4096) -> str:
@@ -36,8 +37,10 @@ def training_code() -> dict[str, str]:
     return sources.digests(sources.project_files(Path(training.__file__)))
 
 
-def fingerprint(p: dict, train: np.ndarray, val: np.ndarray) -> dict:
-    return {**{k: p[k] for k in FINGERPRINT_KEYS}, "data_sha256": data_hash(train, val),
+def fingerprint(p: dict, train: np.ndarray, val: np.ndarray, fast: dict | None = None) -> dict:
+    """fast: the resolved fast path (device.FastPath.as_dict()) less what never changes the numbers."""
+    fast = {k: v for k, v in (fast or {}).items() if k != "cuda_graph"}
+    return {**{k: p[k] for k in FINGERPRINT_KEYS}, **fast, "data_sha256": data_hash(train, val),
             "torch": str(torch.__version__), "code": training_code()}
 
 

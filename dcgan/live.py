@@ -35,7 +35,9 @@ def truncate(live_dir: Path, last_step: int):
         if not rows:
             continue
         step_col = rows[0].index("step") if "step" in rows[0] else None
-        keep = [rows[0]] + [r for r in rows[1:] if step_col is None or int(r[step_col]) <= last_step]
+        # a row cut short by the kill (fewer fields than the header) is dropped with the later ones
+        keep = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and
+                            (step_col is None or int(r[step_col]) <= last_step)]
         with open(tsv, "w", newline="") as f:
             csv.writer(f, delimiter="\t", lineterminator="\n").writerows(keep)
     for img in (live_dir / "plots" / "images").glob("**/*.png"):

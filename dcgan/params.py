@@ -107,8 +107,17 @@ SCHEMA: dict[str, Param] = {
         Param("device", str, "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
               lambda v: None if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit())
               else "must be auto, cpu, cuda, cuda:N or mps"),
-        Param("precision", str, "fp32, or bf16 autocast (about 2x faster on CPUs with avx512_bf16 and on GPUs)",
-              _one_of("fp32", "bf16")),
+        Param("precision", str, "auto (the fastest measured for the device), fp32, or bf16 autocast",
+              _one_of("auto", "fp32", "bf16")),
+        Param("channels_last", (bool, str), "NHWC memory layout: auto (on for CPU and CUDA), true or false",
+              lambda v: None if v in (True, False, "auto") else "must be auto, true or false"),
+        Param("compile", (bool, str), "torch.compile G and D: auto (the fastest measured for the device), "
+              "true or false; a compiler failure falls back to eager",
+              lambda v: None if v in (True, False, "auto") else "must be auto, true or false"),
+        Param("nproc", int, "training processes on this machine (one per GPU; >1 runs torchrun with DDP)",
+              _between(1, 1024)),
+        Param("nnodes", int, "machines taking part (>1: start the same run on each, see README)", _between(1, 4096)),
+        Param("rdzv_endpoint", str, "host:port of the first machine when nnodes > 1 ('' otherwise)"),
         Param("sample_every", (int, str), "log a grid of samples every N epochs, or 'auto' (about 100 per run, "
               "denser early)", lambda v: None if v == "auto" or (isinstance(v, int) and v >= 1)
               else "must be 'auto' or an int >= 1"),
@@ -127,7 +136,8 @@ STAGE_KEYS: dict[str, list[str]] = {
     "prepare": ["source", "image_size", "channels", "resize", "background", "val_fraction", "test_fraction",
                 "max_skipped_fraction", "max_image_pixels", "max_file_bytes"],
     "train": ["nz", "ngf", "ndf", "epochs", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "seed", "device",
-              "precision", "sample_every", "checkpoint_every"],
+              "precision", "channels_last", "compile", "nproc", "nnodes", "rdzv_endpoint", "sample_every",
+              "checkpoint_every"],
     "generate": ["num_images", "generate_seed", "invert_steps", "device"],
     "evaluate": ["fid_weights", "memorisation_k", "device", "seed"],
 }
@@ -165,7 +175,9 @@ def validate(data: dict[str, Any], keys: list[str], path: Path | str = PARAMS_FI
         v = data[key]
         if p.kind is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
-        if isinstance(v, bool) or not isinstance(v, p.kind) or (isinstance(v, float) and not math.isfinite(v)):
+        bool_ok = p.kind is bool or (isinstance(p.kind, tuple) and bool in p.kind)
+        if (isinstance(v, bool) and not bool_ok) or not isinstance(v, p.kind) or \
+                (isinstance(v, float) and not math.isfinite(v)):
             kind = p.kind.__name__ if isinstance(p.kind, type) else "/".join(k.__name__ for k in p.kind)
             raise ParamError(f"{path}: '{key}' must be a{'n' if kind[0] in 'aeiou' else ''} {kind} ({p.help}); got {v!r}")
         if p.check is not None and (why := p.check(v)):

@@ -1,11 +1,12 @@
 """train stage: train the DCGAN on data/prepared, logging every epoch with dvclive; resumes from models/checkpoint.pt."""
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan package lives at the repo root
 
-from dcgan import cli, data, device, params, training  # noqa: E402
+from dcgan import cli, data, device, distributed, params, training  # noqa: E402
 
 
 def main():
@@ -26,9 +27,20 @@ def main():
             raise cli.UserError(f"{args.prepared / f'{split}.npy'} not found: run `dvc repro prepare` first")
     train_arr = data.load_split(args.prepared, "train")
     val_arr = data.load_split(args.prepared, "val")
-    summary = training.train(p, train_arr, val_arr, args.models, args.live, args.summary)
-    print("done: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
-
+    if distributed.wants_launch(p):   # nproc/nnodes > 1: start this script again under torchrun, once per process
+        try:
+            cmd = distributed.torchrun_command(p, __file__, sys.argv[1:])
+        except ValueError as e:
+            raise params.ParamError(f"{args.params}: {e}") from None
+        print("launching: " + " ".join(cmd[1:]), flush=True)
+        return subprocess.run(cmd).returncode
+    world = distributed.init(p["device"])
+    try:
+        summary = training.train(p, train_arr, val_arr, args.models, args.live, args.summary, world=world)
+    finally:
+        distributed.finish(world)
+    if world.main:
+        print("done: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
 
 if __name__ == "__main__":
     cli.run(main)

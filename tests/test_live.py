@@ -22,7 +22,7 @@ def test_every_n_epochs_plus_the_last():
 def test_truncate_drops_rows_and_grids_after_the_step(tmp_path):
     m = tmp_path / "plots/metrics"
     m.mkdir(parents=True)
-    (m / "loss.tsv").write_text("step\tloss\n1\t0.5\n2\t0.4\n3\t0.3\n")
+    (m / "loss.tsv").write_text("step\tloss\n1\t0.5\n2\t0.4\n3\t0.3\n1")   # "1": row 12 cut by a kill
     imgs = tmp_path / "plots/images/samples"
     imgs.mkdir(parents=True)
     for e in (1, 2, 3):
