@@ -7,6 +7,7 @@ two experiments; the tests clone it. Fault tests (killed server, frozen server) 
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -262,6 +263,119 @@ def test_storage_cli_up_down_are_idempotent(tmp_path):
         srv.stop()
 
 
+def _servers_of(store: Path) -> list[int]:
+    """Pids of the processes whose command line names `store` (Linux /proc)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and str(store).encode() in (d / "cmdline").read_bytes():
+                pids.append(int(d.name))
+        except OSError:                                                          # gone meanwhile
+            pass
+    return pids
+
+
+def test_concurrent_up_from_two_clones_starts_one_server(tmp_path):
+    """Four `up` at once from two clones: one server, one key pair, both config.local right, no temporary files
+    left, the lock not inherited by the server; then both clones push and a fresh clone pulls both."""
+    srv, repo = server_and_repo(tmp_path)
+    try:
+        clones = [tmp_path / "c1", tmp_path / "c2"]
+        for c in clones:
+            sh(["git", "clone", "-q", str(repo), str(c)], tmp_path)
+        ups = [subprocess.Popen([sys.executable, "-m", "dcgan.storage", "up"], cwd=c, env=srv.env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in clones for _ in range(2)]
+        outs = [u.communicate(timeout=120) + (u.returncode,) for u in ups]
+        assert all(rc == 0 for _, _, rc in outs), outs
+        assert sum("started" in o for o, _, _ in outs) == 1, outs
+        assert sum("already running" in o for o, _, _ in outs) == 3, outs
+
+        pid = srv.pid
+        key, secret = srv.keys()
+        for c in clones:
+            local = (c / ".dvc" / "config.local").read_text()
+            assert key in local and secret in local and f"http://127.0.0.1:{srv.port}" in local, local
+        leftovers = [p for d in (srv.home, *(c / ".dvc" for c in clones)) for p in d.glob("*.tmp")]
+        assert not leftovers, leftovers
+        lock = srv.home / "lock"
+        with open(lock) as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)                        # nobody holds it now
+        if Path("/proc/self/fd").is_dir():
+            assert _servers_of(srv.store) == [pid]                               # one rclone for this store
+            held = {os.readlink(f) for f in Path(f"/proc/{pid}/fd").iterdir()}
+            assert str(lock) not in held, held                                   # the server never holds it
+            ours = {t for t in held if t.startswith(str(tmp_path)) and not t.startswith(str(srv.store))}
+            assert ours == {str(srv.home / "server.log")}, ours                  # nothing else leaked into it
+
+        for i, c in enumerate(clones):
+            out = c / f"d{i}" / "out"                                            # d{i}/.gitignore: no merge conflict
+            out.mkdir(parents=True)
+            for j in range(3):
+                (out / f"{j}.bin").write_bytes(os.urandom(50_000))
+            srv.dvc(f"add d{i}/out", c)
+            sh(f"git add -A && git commit -qm 'out{i}'", c)
+        pushes = [subprocess.Popen("dvc push", shell=True, cwd=c, env=srv.env, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for c in clones]
+        for p in pushes:
+            out = p.communicate(timeout=120)[0]
+            assert p.returncode == 0, out[-2000:]
+
+        fresh = tmp_path / "fresh"
+        sh(["git", "clone", "-q", str(clones[0]), str(fresh)], tmp_path)
+        sh(["git", "pull", "-q", "--no-rebase", "--no-edit", str(clones[1]), "main"], fresh)
+        assert "already running" in srv.cli("up", cwd=fresh).stdout
+        srv.dvc("pull d0/out.dvc d1/out.dvc", fresh)             # the pipeline's stages never ran here
+        for i, c in enumerate(clones):
+            want = digests(c, [f"d{i}/out"])
+            assert want and all(sha256(fresh / k) == v for k, v in want.items())
+    finally:
+        srv.stop()
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    """Bad settings or arguments: one line naming the input and what to do, exit 2, no traceback, nothing started."""
+    repo = tmp_path / "repo"                            # enough of a project for `push` to reach the server start
+    (repo / ".dvc").mkdir(parents=True)
+    (repo / ".dvc" / "config").write_text((ROOT / ".dvc" / "config").read_text())
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    corrupt = tmp_path / "corrupt-home"
+    corrupt.mkdir()
+    (corrupt / "credentials.json").write_text('{"access_key_id": "dcgan0123"')   # cut off
+    unwritable = tmp_path / "read-only"
+    unwritable.mkdir()
+    unwritable.chmod(0o500)
+    if os.access(unwritable, os.W_OK):                  # root writes anyway: a folder nobody can write in
+        unwritable = Path("/sys/dcgan-s3-test")
+    good_home = tmp_path / "home"
+    base = {**env(), "DCGAN_S3_HOME": str(good_home), "DCGAN_S3_PORT": str(free_port())}
+    cases = [  # (environment changes, arguments, cwd, commands, what the line must name)
+        ({"DCGAN_S3_PORT": "abc"}, [], repo, ["up", "push", "status"], "DCGAN_S3_PORT='abc'"),
+        ({"DCGAN_S3_PORT": "70000"}, [], repo, ["up", "push", "status"], "DCGAN_S3_PORT=70000"),
+        ({"DCGAN_S3_PORT": "0"}, [], repo, ["up"], "DCGAN_S3_PORT=0"),
+        ({"DCGAN_S3_HOME": str(a_file)}, [], repo, ["up", "push", "status"], f"DCGAN_S3_HOME={a_file}"),
+        ({"DCGAN_S3_HOME": str(unwritable)}, [], repo, ["up", "push"], f"DCGAN_S3_HOME={unwritable}"),
+        ({"DCGAN_S3_HOME": str(corrupt)}, [], repo, ["up", "push"], str(corrupt / "credentials.json")),
+        ({}, [], tmp_path, ["up", "push"], f"not inside a DVC repository: {tmp_path}"),
+        ({}, ["--repo", str(tmp_path / "nope")], repo, ["up", "push", "status"], f"--repo {tmp_path / 'nope'}"),
+        ({}, ["--repo", str(a_file)], repo, ["up"], f"--repo {a_file}"),
+        ({"DCGAN_S3_RCLONE_ARGS": '--bwlimit "1M'}, [], repo, ["up"], "DCGAN_S3_RCLONE_ARGS"),
+        ({"DCGAN_S3_PUSH_STALL": "soon"}, [], repo, ["push"], "DCGAN_S3_PUSH_STALL='soon'"),
+        ({}, [], repo, ["upp"], "invalid choice: 'upp'"),
+    ]
+    for changes, args, cwd, commands, names in cases:
+        for command in commands:
+            r = sh([sys.executable, "-m", "dcgan.storage", command, *args], cwd, check=False, timeout=60,
+                   env={**base, "PYTHONPATH": str(ROOT), **changes})
+            said = (r.stdout + r.stderr).strip()
+            what = f"{command} {args} {changes}: {said}"
+            assert r.returncode == 2, what
+            assert len(said.splitlines()) == 1 and names in said, what
+            assert "Traceback" not in said, what
+    assert not (good_home / "server.json").exists() and not (corrupt / "server.json").exists()
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
 def test_make_run_starts_the_server_and_pushes_everything(project):
     out = project.run.stdout
     assert "started the project's S3 server" in out, out[-2000:]
@@ -367,32 +481,78 @@ def test_unreachable_aws_remote_is_one_line_and_exit_0(tmp_path):
 
 
 def test_frozen_server_fails_in_bounded_time(tmp_path):
-    """A server that accepts connections and never answers (SIGSTOP): push and pull fail, they do not hang."""
-    srv, repo = server_and_repo(tmp_path)
+    """A server that accepts connections and never answers (SIGSTOP), at the two depths where a request waits:
+    - frozen while `dvc push` sends a file body: aiobotocore has no write timeout, so nothing in dvc/s3fs bounds
+      that write; `python -m dcgan.storage push` (make run's last step) stops it by its no-progress watchdog;
+    - frozen before a request (status listing, HEAD, download): the remote's read_timeout bounds plain
+      `dvc push` and `dvc pull`.
+    """
+    # --bwlimit: the 20 MiB upload takes ~2.5 s, so the server is reliably frozen while the body is being sent
+    srv, repo = server_and_repo(tmp_path, rclone_args="--bwlimit 8M")
+    fast = {"AWS_MAX_ATTEMPTS": "1"}
+    push = None
     try:
         srv.cli("up", cwd=repo)
-        (repo / "a.bin").write_bytes(os.urandom(300_000))
+        srv.dvc("remote modify --local s3 read_timeout 1", repo)
+        srv.dvc("remote modify --local s3 connect_timeout 1", repo)
+        (repo / "a.bin").write_bytes(os.urandom(8_000))
         srv.dvc("add a.bin", repo)
         srv.dvc("push", repo)
-        srv.dvc("remote modify --local s3 read_timeout 2", repo)
-        srv.dvc("remote modify --local s3 connect_timeout 2", repo)
-        os.kill(srv.pid, signal.SIGSTOP)
 
-        # Small enough to sit in the loopback socket buffers: the request then waits on a *read*, which
-        # read_timeout bounds. aiobotocore has no write timeout (only sock_connect/sock_read), so an upload
-        # body larger than the buffers to a frozen server can block forever: see README, "Measured".
-        (repo / "b.bin").write_bytes(os.urandom(8_000))
-        srv.dvc("add b.bin", repo)
+        # 1. frozen mid-upload. 20 MiB is far more than the loopback socket buffers take while the server
+        # reads at 8 MB/s, so the write itself blocks (plain `dvc push` would wait here forever).
+        with open(repo / "big.bin", "wb") as f:
+            f.write(os.urandom(20 << 20))
+        srv.dvc("add big.bin", repo)
+        push = subprocess.Popen([sys.executable, "-m", "dcgan.storage", "push"], cwd=repo,
+                                env={**srv.env, **fast, "DCGAN_S3_PUSH_STALL": "3"},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and push.poll() is None:
+            if any(p.stat().st_size > 0 for p in srv.store.rglob(".rclone_temp*")):
+                break                                                            # the body is arriving
+            time.sleep(0.02)
+        assert push.poll() is None, "push ended before the upload began:\n" + push.communicate()[0]
+        os.kill(srv.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        out, err = push.communicate(timeout=120)
+        took = time.monotonic() - t0
+        last = out.strip().splitlines()[-1] if out.strip() else ""
+        assert push.returncode == 0, (out + err)[-2000:]                         # make run: one line, exit 0
+        assert last.startswith("dvc push stopped after") and "no progress for 3 s" in last, (out + err)[-2000:]
+        assert "became unreachable" in last and re.search(r"timeout", last, re.I), last
+        # 3 s without progress + up to 5 s for dvc to exit on SIGINT + the probe (~7 s with read_timeout 1)
+        assert took < 30, f"storage push took {took:.0f} s after the freeze"
+
+        print(f"storage push ended {took:.1f} s after the freeze: {last}")
+
+        # the server comes back: the interrupted push completes (read_timeout 1 s is too short for the end of a
+        # bandwidth-limited 20 MiB upload), nothing partial is left in the remote
+        os.kill(srv.pid, signal.SIGCONT)
+        srv.dvc("remote modify --local s3 read_timeout 15", repo)
+        srv.dvc("push", repo, timeout=120)
+        srv.dvc("remote modify --local s3 read_timeout 1", repo)
+        assert_objects_intact(srv)
+        assert not list(srv.store.rglob(".rclone_temp*"))
+
+        # 2. frozen before the requests: plain dvc, bounded by read_timeout (s3fs tries 5 times, 1 s each)
+        os.kill(srv.pid, signal.SIGSTOP)
+        (repo / "c.bin").write_bytes(os.urandom(8_000))
+        srv.dvc("add c.bin", repo)
         for cmd in ("push", "pull"):
             if cmd == "pull":
-                sh("rm -rf .dvc/cache a.bin b.bin", repo)
+                sh("rm -rf .dvc/cache a.bin big.bin c.bin", repo)
             t0 = time.monotonic()
-            r = srv.dvc(cmd, repo, check=False, timeout=120, AWS_MAX_ATTEMPTS="1")
+            r = srv.dvc(cmd, repo, check=False, timeout=120, **fast)
             took = time.monotonic() - t0
             assert r.returncode != 0, f"{cmd} succeeded against a frozen server"
             assert re.search(r"timeout|timed out", r.stdout + r.stderr, re.I), (r.stdout + r.stderr)[-2000:]
-            assert took < 60, f"{cmd} took {took:.0f} s"
+            assert took < 45, f"{cmd} took {took:.0f} s"
+            print(f"plain dvc {cmd} against the frozen server failed in {took:.1f} s")
     finally:
+        if push is not None and push.poll() is None:                             # it hung: no leftovers
+            push.kill()
+            push.communicate()
         srv.stop()
 
 
