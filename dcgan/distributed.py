@@ -1,8 +1,9 @@
 """Several processes, GPUs or machines: torchrun relaunch, ranks, DDP wrapping, rank-0-only side effects.
 
 `nproc` > 1 (or `nnodes` > 1) makes stages/train.py start itself again under torchrun
-(`python -m torch.distributed.run`): `--standalone` on one machine, so two runs never collide on a port, or a
-c10d rendezvous at `rdzv_endpoint` across machines. Every process trains on its own shard of each batch;
+(`python -m torch.distributed.run`): `--standalone` on one machine, so two runs never collide on a port, or
+a rendezvous at `rdzv_endpoint` across machines, where this machine is node 0 unless DCGAN_NODE_RANK says
+otherwise. Every process trains on its own shard of each batch;
 DistributedDataParallel averages the gradients, so `batch_size` stays the global batch whatever the number of
 processes. Rank 0 alone logs, writes the checkpoint, the models and the summary.
 """
@@ -42,10 +43,14 @@ def torchrun_command(p: dict, script: str, args: list[str]) -> list[str]:
     """The torchrun command line that starts `script args` nproc times here (and nnodes machines in all)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={p.get('nproc', 1)}"]
     if p.get("nnodes", 1) > 1:
-        if not p.get("rdzv_endpoint"):
-            raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of the first machine)")
-        cmd += [f"--nnodes={p['nnodes']}", "--rdzv_backend=c10d", f"--rdzv_endpoint={p['rdzv_endpoint']}",
-                f"--rdzv_id={os.environ.get('DCGAN_RDZV_ID', 'dcgan')}"]
+        host, _, port = str(p.get("rdzv_endpoint", "")).rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"nnodes > 1 needs rdzv_endpoint as host:port of the first machine, got "
+                             f"{p.get('rdzv_endpoint')!r}")
+        # static rendezvous: the machine that runs `dvc exp run` is node 0 and so holds rank 0, which writes
+        # the outputs; the others start the same stage with DCGAN_NODE_RANK=1, 2, ...
+        cmd += [f"--nnodes={p['nnodes']}", f"--node_rank={os.environ.get('DCGAN_NODE_RANK', '0')}",
+                f"--master_addr={host}", f"--master_port={port}"]
     else:
         cmd += ["--standalone"]  # a free port of its own: two runs on one machine never collide
     return cmd + [script, *args]

@@ -86,16 +86,15 @@ def test_nproc_2_relaunches_under_torchrun_and_ranks_agree(tmp_path, prepared):
 
 def test_two_machines_on_loopback_rendezvous_and_agree(tmp_path, prepared):
     params = write_params(tmp_path / "params.yaml", nnodes=2, nproc=1, rdzv_endpoint=f"127.0.0.1:{free_port()}")
-    procs = [subprocess.Popen(train_cmd(tmp_path, f"node{i}", prepared, params), env=ddp_env(),
+    procs = [subprocess.Popen(train_cmd(tmp_path, f"node{i}", prepared, params), env={**ddp_env(), "DCGAN_NODE_RANK": str(i)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outs):
+    for i, (p, out) in enumerate(zip(procs, outs)):
         assert p.returncode == 0, out[-3000:]
-        assert "--nnodes=2" in out and "--rdzv_backend=c10d" in out
-    written = [i for i in range(2) if (tmp_path / f"node{i}/models/checkpoint.pt").is_file()]
-    assert len(written) == 1, "exactly one machine (the one holding rank 0) writes the outputs"
-    assert f"all 2 {SYNC}" in outs[written[0]]
-
+        assert "--nnodes=2" in out and f"--node_rank={i}" in out and "--master_addr=127.0.0.1" in out
+    assert (tmp_path / "node0/models/checkpoint.pt").is_file() and (tmp_path / "node0/train.json").is_file()
+    assert not (tmp_path / "node1/models").exists()       # node 1 holds rank 1: it writes nothing
+    assert f"all 2 {SYNC}" in outs[0]
 
 def test_ddp_run_killed_with_sigkill_resumes(tmp_path, prepared):
     params = write_params(tmp_path / "params.yaml", nproc=2, epochs=40)   # long enough to be killed mid-run
