@@ -60,12 +60,25 @@ def init(device_name: str) -> World:
     """Join the process group when started by torchrun; a World of one otherwise."""
     if not UNDER_TORCHRUN or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return World()
+    _die_with_parent()
     local_rank = int(os.environ["LOCAL_RANK"])
     cuda = torch.cuda.is_available() and device_name in ("auto", "cuda") or device_name.startswith("cuda")
     if cuda:
         torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if cuda else "gloo")
     return World(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def _die_with_parent():
+    """Linux: end this rank when torchrun's agent dies (say, SIGKILLed with the DVC run): torchrun starts ranks
+    in sessions of their own, and orphaned ranks would go on training and writing checkpoints."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        except OSError:
+            pass
 
 
 def device_for(world: World, device: torch.device) -> torch.device:

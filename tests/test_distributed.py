@@ -97,10 +97,11 @@ def test_two_machines_on_loopback_rendezvous_and_agree(tmp_path, prepared):
     assert f"all 2 {SYNC}" in outs[0]
 
 def test_ddp_run_killed_with_sigkill_resumes(tmp_path, prepared):
-    params = write_params(tmp_path / "params.yaml", nproc=2, epochs=40)   # long enough to be killed mid-run
+    # epochs far beyond what runs before the kill, however loaded the machine: the kill always lands mid-run
+    params = write_params(tmp_path / "params.yaml", nproc=2, epochs=10_000)
     ckpt = tmp_path / "a/models/checkpoint.pt"
     proc = subprocess.Popen(train_cmd(tmp_path, "a", prepared, params), env=ddp_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL)
     deadline, epoch = time.time() + 300, 0
     while time.time() < deadline and proc.poll() is None and epoch < 2:
         if ckpt.is_file():
@@ -110,17 +111,32 @@ def test_ddp_run_killed_with_sigkill_resumes(tmp_path, prepared):
                 pass
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed; the test proves nothing"
-    os.killpg(proc.pid, signal.SIGKILL)                             # torchrun and both ranks at once
+    # torchrun starts its workers in sessions of their own: kill the whole tree at once, as a power cut would
+    import psutil
+    tree = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    assert len(tree) >= 4, "expected the stage, torchrun and two ranks"
+    for pid in tree:
+        os.kill(pid, signal.SIGKILL)
     proc.wait()
+    psutil.wait_procs([p for p in map(_process, tree) if p], timeout=30)
     assert not (tmp_path / "a/models/generator.pt").exists()
+    killed_at = torch.load(ckpt, weights_only=True)["epoch"]
+    # continue to two epochs past the checkpoint (epochs is not part of the fingerprint: raising it continues)
+    write_params(params, nproc=2, epochs=killed_at + 2)
     r = subprocess.run(train_cmd(tmp_path, "a", prepared, params), env=ddp_env(), capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    resumed = [line for line in r.stdout.splitlines() if "resuming from checkpoint at epoch" in line]
-    assert resumed and int(resumed[0].split()[-1]) < 40, r.stdout[-2000:]
+    assert f"resuming from checkpoint at epoch {killed_at}" in r.stdout, r.stdout[-2000:]
     assert f"all 2 {SYNC}" in r.stdout, r.stdout[-2000:]
     steps = [line.split("\t")[0] for line in (tmp_path / "a/live/plots/metrics/loss_d.tsv").read_text().splitlines()]
-    assert steps == ["step"] + [str(e) for e in range(1, 41)]
+    assert steps == ["step"] + [str(e) for e in range(1, killed_at + 3)]
+
+def _process(pid):
+    import psutil
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
 
 
 def first_losses(fast: FastPath, steps: int = 1, device: str = "cpu") -> tuple[float, float]:
