@@ -2,7 +2,7 @@
 
     python benchmarks/train_speed.py [--size 32] [--channels 1] [--batch 64] [--steps 20] [--repeats 3]
 
-Both run dcgan.training.train_step (D on real + fake, then G, Adam, BCE-with-logits) on the same
+Both run dcgan.engine.train_step (D on real + fake, then G, Adam, BCE-with-logits) on the same
 random batch, alternating, best of N after warm-up steps. Default sizes are the demo's (32x32 grayscale,
 ngf = ndf = 64). The last line printed is a JSON object:
 {"ours_img_s", "reference_img_s", "ratio" (= ours / reference; > 1 means ours is faster), "device", ...}
@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from dcgan.model import Discriminator, Generator, init_weights  # noqa: E402
 from dcgan.device import memory_format, pick_device  # noqa: E402
-from dcgan.training import train_step  # noqa: E402
+from dcgan.engine import train_step  # noqa: E402
 
 
 def images_per_s(fmt, args, device) -> float:

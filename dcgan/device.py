@@ -80,9 +80,10 @@ def memory_format(device: torch.device, channels_last: bool | None = None) -> to
     return torch.channels_last if channels_last and device.type in ("cpu", "cuda") else torch.contiguous_format
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast when precision is 'bf16'; a no-op context otherwise."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+def autocast(device: torch.device, precision: str, cache: bool = True):
+    """bf16 autocast when precision is 'bf16'; a no-op context otherwise. cache=False: cast the weights on every
+    use (autocast's weight-cast cache does not survive CUDA graph replays)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=cache)
 
 
 def adam(params, lr: float, betas: tuple[float, float], device: torch.device, capturable: bool = False):

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from . import pictures
-from .device import FastPath, autocast, memory_format
+from .device import FastPath, autocast
+from .errors import brief
 from .model import frozen_batchnorm
 
 GRAPH_WARMUP_STEPS = 3  # eager steps (on a side stream) before the CUDA graph is captured, as CUDA requires
@@ -74,9 +75,7 @@ class Stepper:
     def __init__(self, G, D, opt_g, opt_d, nz: int, fast: FastPath, device: torch.device, log=print):
         self.G, self.D, self.opt_g, self.opt_d, self.nz = G, D, opt_g, opt_d, nz
         self.device, self.fast, self.log = device, fast, log
-        # autocast's weight-cast cache does not survive graph replays: cast every time when capturing
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast.precision == "bf16",
-                                       cache_enabled=not fast.cuda_graph)
+        self.autocast = autocast(device, fast.precision, cache=not fast.cuda_graph)
         self.sums = torch.zeros(4, device=device)
         self.G_step, self.D_step = G, D
         self.use_graph = fast.cuda_graph and device.type == "cuda"
@@ -94,8 +93,7 @@ class Stepper:
             G_c, D_c = torch.compile(self.G), torch.compile(self.D)
             self._trial(G_c, D_c, data, batch_size)
         except Exception as e:  # noqa: BLE001 - any compiler failure: train in eager mode instead
-            self.log(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
-                     "training in eager mode")
+            self.log(f"torch.compile failed ({brief(e, 200)}); training in eager mode")
             return False
         self.G_step, self.D_step = G_c, D_c
         return True
@@ -155,8 +153,7 @@ class Stepper:
             with torch.cuda.graph(graph):
                 self._eager(data, self.static_idx)
         except Exception as e:  # noqa: BLE001
-            self.log(f"CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''});"
-                     " training without it")
+            self.log(f"CUDA graph capture failed ({brief(e, 200)}); training without it")
             self.use_graph, self.static_idx = False, None
             for m in (self.G, self.D):
                 m.zero_grad(set_to_none=True)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from . import checkpoint, distributed, live, pictures
 from .device import FastPath, adam, autocast, memory_format, pick_device, resolve
-from .engine import ResidentData, Stepper, train_step  # noqa: F401 - train_step: benchmarks import it from here
+from .engine import ResidentData, Stepper
 from .distributed import World
 from .errors import UserError
 from .files import atomic_torch_save, atomic_write_text

@@ -47,6 +47,19 @@ def set_params(repo: Path, **changes):
     path.write_text(yaml.safe_dump(p, sort_keys=False))
 
 
+def make_prepared(dest: Path, n_train: int) -> Path:
+    """dest/{train,val}.npy like the prepare stage writes them: 32 px grayscale uint8, blobs of varying
+    brightness (structured enough that D and G have something to learn) and 16 random val images."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    dest.mkdir(parents=True)
+    base = rng.integers(0, 256, (1, 1, 32, 32), dtype=np.uint8)
+    noise = rng.integers(-40, 40, (n_train, 1, 32, 32))
+    np.save(dest / "train.npy", np.clip(base.astype(int) + noise, 0, 255).astype(np.uint8))
+    np.save(dest / "val.npy", rng.integers(0, 256, (16, 1, 32, 32), dtype=np.uint8))
+    return dest
+
+
 def copy_repo(dest: Path, params: dict | None = None, demo_limit: int | None = None) -> Path:
     """Copy the project's files (tracked + untracked, not ignored) to `dest`, git init and commit there.
     demo_limit: the demo stage writes only that many of its 5,000 digits (faster tests)."""

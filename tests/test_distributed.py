@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, TINY, env
+from conftest import ROOT, TINY, env, make_prepared
 from dcgan import params as P
 from dcgan.device import FastPath, adam
 from dcgan.engine import ResidentData, Stepper
@@ -28,13 +28,7 @@ SYNC = "ranks hold the same weights"
 
 @pytest.fixture
 def prepared(tmp_path) -> Path:
-    rng = np.random.default_rng(0)
-    d = tmp_path / "prepared"
-    d.mkdir()
-    base = rng.integers(0, 256, (1, 1, 32, 32), dtype=np.uint8)
-    np.save(d / "train.npy", np.clip(base.astype(int) + rng.integers(-40, 40, (128, 1, 32, 32)), 0, 255).astype(np.uint8))
-    np.save(d / "val.npy", rng.integers(0, 256, (16, 1, 32, 32), dtype=np.uint8))
-    return d
+    return make_prepared(tmp_path / "prepared", n_train=128)
 
 
 def write_params(path: Path, **changes) -> Path:

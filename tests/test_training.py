@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, TINY, env
+from conftest import ROOT, TINY, env, make_prepared
 from dcgan import params as P
 from dcgan import engine, training
 from dcgan.errors import UserError
@@ -27,14 +27,7 @@ def tiny_params(**changes) -> dict:
 
 @pytest.fixture
 def prepared(tmp_path) -> Path:
-    rng = np.random.default_rng(0)
-    d = tmp_path / "prepared"
-    d.mkdir()
-    # Blobs of varying brightness: structured enough that D and G have something to learn.
-    base = rng.integers(0, 256, (1, 1, 32, 32), dtype=np.uint8)
-    np.save(d / "train.npy", np.clip(base.astype(int) + rng.integers(-40, 40, (96, 1, 32, 32)), 0, 255).astype(np.uint8))
-    np.save(d / "val.npy", rng.integers(0, 256, (16, 1, 32, 32), dtype=np.uint8))
-    return d
+    return make_prepared(tmp_path / "prepared", n_train=96)
 
 
 def run_train(tmp: Path, prepared: Path, out: str, **changes) -> dict:
