@@ -16,9 +16,11 @@ import torch
 
 from . import sources
 
-# Params that change the trajectory of training. epochs, sample_every, checkpoint_every and device don't;
+# Params that change the trajectory of training. epochs, sample_every, checkpoint_every, eval_every, fid_weights
+# and device don't;
 # precision, channels_last and compile do, a little: fingerprint() records what they resolved to.
-FINGERPRINT_KEYS = ("nz", "ngf", "ndf", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "seed")
+FINGERPRINT_KEYS = ("nz", "ngf", "ndf", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "seed", "diffaugment", "loss",
+                    "spectral_norm", "r1_gamma", "r1_every", "ema_halflife", "ema_rampup")
 
 
 def data_hash(*arrays: np.ndarray, block: int = 4096) -> str:

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from . import pictures
+from . import losses, pictures
 from .device import FastPath, autocast
 from .errors import brief
 from .model import frozen_batchnorm
@@ -23,14 +22,16 @@ from .model import frozen_batchnorm
 GRAPH_WARMUP_STEPS = 3  # eager steps (on a side stream) before the CUDA graph is captured, as CUDA requires
 
 
-def train_step(G, D, opt_g, opt_d, x: torch.Tensor, z: torch.Tensor, autocast_ctx):
-    """One DCGAN step: D on real x and detached G(z), then G through D (non-saturating loss).
+def train_step(G, D, opt_g, opt_d, x: torch.Tensor, z: torch.Tensor, autocast_ctx, loss: str = "bce",
+               augment=None):
+    """One GAN step: D on real x and detached G(z), then G through D. `loss`: see losses.py; `augment`: a
+    DiffAugment (or None) applied to every image D sees, in both steps.
     Returns (loss_d, loss_g, D's logits on x, D's logits on G(z) before D's update)."""
+    aug = augment if augment else (lambda t: t)
     with autocast_ctx:
         fake = G(z)
-        out_real, out_fake = D(x), D(fake.detach())
-        loss_d = (F.binary_cross_entropy_with_logits(out_real, torch.ones_like(out_real))
-                  + F.binary_cross_entropy_with_logits(out_fake, torch.zeros_like(out_fake)))
+        out_real, out_fake = D(aug(x)), D(aug(fake.detach()))
+        loss_d = losses.d_loss(loss, out_real, out_fake)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
@@ -40,8 +41,7 @@ def train_step(G, D, opt_g, opt_d, x: torch.Tensor, z: torch.Tensor, autocast_ct
     D.requires_grad_(False)
     try:
         with autocast_ctx:
-            out_g = D_g(fake)
-            loss_g = F.binary_cross_entropy_with_logits(out_g, torch.ones_like(out_g))
+            loss_g = losses.g_loss(loss, D_g(aug(fake)))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
     finally:
@@ -72,13 +72,17 @@ class ResidentData:
 class Stepper:
     """Runs `train_step` over index batches; sums loss_d, loss_g, mean D(x), mean D(G(z)) on the device."""
 
-    def __init__(self, G, D, opt_g, opt_d, nz: int, fast: FastPath, device: torch.device, log=print):
+    def __init__(self, G, D, opt_g, opt_d, nz: int, fast: FastPath, device: torch.device, log=print,
+                 loss: str = "bce", augment=None, r1_gamma: float = 0.0, r1_every: int = 16):
         self.G, self.D, self.opt_g, self.opt_d, self.nz = G, D, opt_g, opt_d, nz
+        self.loss, self.augment, self.r1_gamma, self.r1_every = loss, augment, r1_gamma, r1_every
+        self.steps_done, self.r1_steps = 0, 0
         self.device, self.fast, self.log = device, fast, log
         self.autocast = autocast(device, fast.precision, cache=not fast.cuda_graph)
-        self.sums = torch.zeros(4, device=device)
+        self.sums = torch.zeros(5, device=device)  # loss_d, loss_g, D(x), D(G(z)), R1 penalty
         self.G_step, self.D_step = G, D
-        self.use_graph = fast.cuda_graph and device.type == "cuda"
+        # R1 updates D outside the captured step; that mix is not verified on a GPU yet: no graph with R1
+        self.use_graph = fast.cuda_graph and device.type == "cuda" and r1_gamma == 0
         self.graph = self.static_idx = None
         self.eager_steps = 0
         self.side_stream = torch.cuda.Stream(device) if self.use_graph else None
@@ -117,6 +121,27 @@ class Stepper:
 
     # ---- steps ----
     def step(self, data: ResidentData, idx: torch.Tensor):
+        self._main_step(data, idx)
+        self.steps_done += 1
+        if self.r1_gamma > 0 and self.steps_done % self.r1_every == 0:
+            self._r1_step(data, idx)
+
+    def _r1_step(self, data: ResidentData, idx: torch.Tensor):
+        """StyleGAN2's lazy R1: its own D update every r1_every steps, weight x r1_every, eager and in fp32
+        (a double backward: neither torch.compile nor the captured graph can hold it). On augmented reals,
+        as D sees them in the main step."""
+        x = data.batch(idx)
+        if self.augment:
+            x = self.augment(x)
+        penalty = losses.r1_penalty(self.D, x)
+        self.opt_d.zero_grad(set_to_none=True)
+        (penalty * (self.r1_gamma / 2 * self.r1_every)).backward()
+        self.opt_d.step()
+        with torch.no_grad():
+            self.sums[4] += penalty.detach()
+        self.r1_steps += 1
+
+    def _main_step(self, data: ResidentData, idx: torch.Tensor):
         if self.graph is not None:
             self.static_idx.copy_(idx)
             self.graph.replay()
@@ -138,10 +163,10 @@ class Stepper:
         x = data.batch(idx)
         z = torch.randn(len(idx), self.nz, device=self.device)
         loss_d, loss_g, out_real, out_fake = train_step(self.G_step, self.D_step, self.opt_g, self.opt_d, x, z,
-                                                        self.autocast)
+                                                        self.autocast, self.loss, self.augment)
         with torch.no_grad():
-            self.sums += torch.stack([loss_d.float(), loss_g.float(), torch.sigmoid(out_real.float()).mean(),
-                                      torch.sigmoid(out_fake.float()).mean()])
+            self.sums[:4] += torch.stack([loss_d.float(), loss_g.float(), torch.sigmoid(out_real.float()).mean(),
+                                          torch.sigmoid(out_fake.float()).mean()])
 
     def _capture(self, data: ResidentData, idx: torch.Tensor) -> bool:
         """Record one whole step into a CUDA graph (nothing runs while recording). False, with one log line,
@@ -166,9 +191,11 @@ class Stepper:
         return self.G_step is not self.G
 
     def read_sums(self, steps: int, world=None) -> list[float]:
-        """Means over the epoch's steps and the ranks (the one host sync per epoch); then zero them."""
+        """Means over the epoch's steps and the ranks (the one host sync per epoch); then zero them.
+        The R1 mean is over the steps that computed it."""
         from .distributed import all_mean
-        means = self.sums / max(steps, 1)
+        means = self.sums / torch.tensor([max(steps, 1)] * 4 + [max(self.r1_steps, 1)], device=self.sums.device)
+        self.r1_steps = 0
         if world is not None:
             means = all_mean(means, world)
         means = means.tolist()

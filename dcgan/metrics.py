@@ -1,7 +1,7 @@
 """Image-quality and sanity metrics for a GAN: SWD, FID, KID, D as a classifier, memorisation.
 
 Pure maths on arrays (numpy / torch). The only file this module reads is the FID Inception
-weights file, and only from a local path: nothing is ever downloaded.
+weights file: from a local path, or from the torch hub cache, where pytorch-fid downloads it once.
 
 - Sliced Wasserstein distance (SWD) on Laplacian-pyramid patches, after Karras et al. 2018
   ("Progressive growing of GANs", their `metrics/sliced_wasserstein.py`): a Laplacian pyramid down
@@ -12,7 +12,7 @@ weights file, and only from a local path: nothing is ever downloaded.
   statistics, which hides a global brightness or contrast shift of the generated images).
 - FID (Heusel et al. 2017) and KID (Binkowski et al. 2018, unbiased MMD^2 with the cubic
   polynomial kernel, averaged over subsets as torch-fidelity does), on feature arrays.
-- Inception-v3 features as pytorch-fid computes them (the TF-ported FID weights file
+- Inception-v3 features by pytorch-fid itself (the TF-ported FID weights file
   `pt_inception-2015-12-05-6726825d.pth`, the FID-specific pooling changes, bilinear resize to 299).
 - The discriminator's logits as a real-vs-fake classifier: accuracy and confusion matrix.
 - Memorisation: the nearest training image (L2 in pixel space) of each generated image.
@@ -310,104 +310,50 @@ def fid_weights_path(fid_weights: str = "") -> Path:
     return Path(fid_weights).expanduser() if fid_weights else default_fid_weights_path()
 
 
-def missing_weights_message(fid_weights: str = "") -> str:
+def missing_weights_message(fid_weights: str = "", why: str = "") -> str:
     path = fid_weights_path(fid_weights)
     where = (f"fid_weights in params.yaml points to {path}, which does not exist" if fid_weights
-             else f"{FID_WEIGHTS_FILE} not found in the torch hub cache")
+             else f"{FID_WEIGHTS_FILE} is not in the torch hub cache and could not be downloaded ({why})")
     return (f"FID/KID skipped: {where}; copy {FID_WEIGHTS_FILE} (the pytorch-fid release file) to "
-            f"{default_fid_weights_path()} or set fid_weights to its path (nothing is downloaded)")
+            f"{default_fid_weights_path()} or set fid_weights to its path")
 
 
-def _fid_blocks():
-    import torchvision
+def fid_inception(state: dict | None = None, path: Path | str = "?") -> nn.Module:
+    """pytorch-fid's InceptionV3 (FID blocks, 2048-d pool features, resize to 299 and scaling to [-1, 1]
+    inside). state None: pytorch-fid fetches the weights file itself, once, into the torch hub cache
+    (raises offline). A state dict: loaded instead (pytorch-fid has no argument for a local file, so its
+    download function is swapped for one that returns the dict)."""
+    from unittest import mock
 
-    inc = torchvision.models.inception
+    from pytorch_fid import inception
 
-    class FIDInceptionA(inc.InceptionA):
-        """TF's average pool ignores the zero padding."""
-
-        def forward(self, x):
-            b1 = self.branch1x1(x)
-            b5 = self.branch5x5_2(self.branch5x5_1(x))
-            b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-            bp = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
-            return torch.cat([b1, b5, b3, bp], 1)
-
-    class FIDInceptionC(inc.InceptionC):
-        def forward(self, x):
-            b1 = self.branch1x1(x)
-            b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
-            bd = self.branch7x7dbl_1(x)
-            for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
-                bd = layer(bd)
-            bp = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
-            return torch.cat([b1, b7, bd, bp], 1)
-
-    class FIDInceptionE(inc.InceptionE):
-        """pool='avg' (Mixed_7b, padding excluded) or 'max' (Mixed_7c: the TF graph's max pool)."""
-
-        def __init__(self, in_channels, pool):
-            super().__init__(in_channels)
-            self.pool = pool
-
-        def forward(self, x):
-            b1 = self.branch1x1(x)
-            b3 = self.branch3x3_1(x)
-            b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
-            bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-            bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)
-            if self.pool == "max":
-                bp = F.max_pool2d(x, 3, stride=1, padding=1)
-            else:
-                bp = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-            return torch.cat([b1, b3, bd, self.branch_pool(bp)], 1)
-
-    return FIDInceptionA, FIDInceptionC, FIDInceptionE
+    if state is None:
+        return inception.InceptionV3([inception.InceptionV3.BLOCK_INDEX_BY_DIM[FID_FEATURE_DIMS]])
+    state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
+    try:
+        with mock.patch.object(inception, "load_state_dict_from_url", lambda *a, **k: state):
+            return inception.InceptionV3([inception.InceptionV3.BLOCK_INDEX_BY_DIM[FID_FEATURE_DIMS]])
+    except RuntimeError as e:  # strict key/shape check of load_state_dict
+        raise WeightsFileError(f"fid_weights: {path} is not the FID Inception weights file {FID_WEIGHTS_FILE} "
+                               f"({brief(e, 160)})") from None
 
 
-class FIDInception(nn.Module):
-    """Inception-v3 as in pytorch-fid's `fid_inception_v3()`, up to the 2048-d final average pool.
+class _PoolFeatures(nn.Module):
+    """pytorch-fid's network returns a list of (N, D, 1, 1) maps: give (N, D)."""
 
-    Built on torchvision's Inception3 (1008 classes, no aux head, no init) with the FID blocks
-    swapped in, so the parameter names are those of the weights file.
-    """
-
-    def __init__(self):
+    def __init__(self, net: nn.Module):
         super().__init__()
-        import torchvision
-
-        A, C, E = _fid_blocks()
-        net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
-        net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = A(192, 32), A(256, 64), A(288, 64)
-        net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e = C(768, 128), C(768, 160), C(768, 160), C(768, 192)
-        net.Mixed_7b, net.Mixed_7c = E(1280, "avg"), E(2048, "max")
         self.net = net
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, 3, 299, 299) in [-1, 1] -> (N, 2048)."""
-        n = self.net
-        for layer in (n.Conv2d_1a_3x3, n.Conv2d_2a_3x3, n.Conv2d_2b_3x3, n.maxpool1, n.Conv2d_3b_1x1,
-                      n.Conv2d_4a_3x3, n.maxpool2, n.Mixed_5b, n.Mixed_5c, n.Mixed_5d, n.Mixed_6a, n.Mixed_6b,
-                      n.Mixed_6c, n.Mixed_6d, n.Mixed_6e, n.Mixed_7a, n.Mixed_7b, n.Mixed_7c):
-            x = layer(x)
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
-
-    def load_weights(self, state: dict, path: Path | str = "?"):
-        """Load the FID state dict (the 1008-way fc is not needed and is ignored)."""
-        state = {k: v for k, v in state.items() if not k.startswith(("fc.", "AuxLogits."))}
-        missing, unexpected = self.net.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
-        if missing or unexpected:
-            raise WeightsFileError(f"fid_weights: {path} is not the FID Inception weights file {FID_WEIGHTS_FILE}: "
-                             f"{len(missing)} missing keys (e.g. {missing[:2]}), "
-                             f"{len(unexpected)} unexpected keys (e.g. {unexpected[:2]})")
+    def forward(self, x):
+        return self.net(x)[-1].flatten(1)
 
 
 class InceptionFeatures:
-    """`features(uint8 (N, C, H, W)) -> (N, 2048)` with pytorch-fid's preprocessing: [0, 1] floats,
-    grey repeated to RGB, bilinear resize to 299x299 (align_corners=False), scaled to [-1, 1].
+    """`features(uint8 (N, C, H, W)) -> (N, 2048)` with pytorch-fid's preprocessing: [0, 1] floats, grey
+    repeated to RGB; the network itself resizes to 299x299 (bilinear) and scales to [-1, 1].
 
-    Any module mapping (N, 3, 299, 299) in [-1, 1] to (N, D) can be passed as `net`.
+    Any module mapping (N, 3, H, W) in [0, 1] to (N, D) can be passed as `net`.
     """
 
     def __init__(self, net: nn.Module, device: str | torch.device = "cpu", batch_size: int = 50,
@@ -418,10 +364,7 @@ class InceptionFeatures:
 
     def preprocess(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = torch.as_tensor(images).to(self.device).float() / 255.0
-        if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        return 2 * x - 1
+        return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
 
     @torch.no_grad()
     def features(self, images: np.ndarray, desc: str = "Inception") -> np.ndarray:
@@ -432,16 +375,30 @@ class InceptionFeatures:
         return np.concatenate(out) if out else np.zeros((0, FID_FEATURE_DIMS), np.float32)
 
 
+def _default_build(state: dict | None, path) -> nn.Module:
+    return _PoolFeatures(fid_inception(state, path))
+
+
 def load_inception(fid_weights: str = "", device: str | torch.device = "cpu", log: Callable[[str], None] = print,
-                   build: Callable[[], nn.Module] = FIDInception, progress: bool = False) -> InceptionFeatures | None:
-    """The FID feature extractor from the local weights file, or None (after logging where to put
-    the file) when it is absent. Never downloads. `build` makes the network (tests pass a small one);
-    it must have `load_weights(state_dict, path)` or accept `load_state_dict(state_dict)`.
-    """
+                   build: Callable[[dict | None, Path | str], nn.Module] = _default_build,
+                   progress: bool = False) -> InceptionFeatures | None:
+    """The FID feature extractor, or None (after one line saying why and where to put the file).
+
+    fid_weights set: that local file, never a download. Empty: the torch hub cache, where pytorch-fid
+    downloads the file the first time (online); offline that fails and FID/KID are skipped.
+    `build(state_dict or None, path)` makes the network (tests pass a small one)."""
     path = fid_weights_path(fid_weights)
-    if not path.is_file():
+    if fid_weights and not path.is_file():
         log(missing_weights_message(fid_weights))
         return None
+    if not path.is_file():
+        try:
+            return InceptionFeatures(build(None, path), device, progress=progress)
+        except WeightsFileError:
+            raise
+        except Exception as e:  # noqa: BLE001 - offline, proxy, disk full: no FID, one line
+            log(missing_weights_message("", brief(e, 120)))
+            return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file
@@ -451,12 +408,7 @@ def load_inception(fid_weights: str = "", device: str | torch.device = "cpu", lo
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise WeightsFileError(f"fid_weights: {path} does not hold a state dict")
-    net = build()
-    if hasattr(net, "load_weights"):
-        net.load_weights(state, path)
-    else:
-        net.load_state_dict(state)
-    return InceptionFeatures(net, device, progress=progress)
+    return InceptionFeatures(build(state, path), device, progress=progress)
 
 
 # ----------------------------------------------------------------------------------------------

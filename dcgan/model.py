@@ -56,15 +56,23 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, image_size: int = 64, channels: int = 3, ndf: int = 64):
+    """spectral_norm: every conv's weight divided by its largest singular value (Miyato et al. 2018, one
+    power iteration per forward pass in training), and no BatchNorm, as in SN-GAN: D is then
+    1-Lipschitz per layer and each image's logit depends on that image alone."""
+
+    def __init__(self, image_size: int = 64, channels: int = 3, ndf: int = 64, spectral_norm: bool = False):
         super().__init__()
         _check_size(image_size, channels)
         self.config = {"image_size": image_size, "channels": channels, "ndf": ndf}
+        if spectral_norm:  # only when on: models saved before the option load unchanged
+            self.config["spectral_norm"] = True
+        sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
+        norm = (lambda c: nn.Identity()) if spectral_norm else nn.BatchNorm2d
         w = _widths(image_size, ndf)[::-1]
-        layers = [nn.Conv2d(channels, w[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+        layers = [sn(nn.Conv2d(channels, w[0], 4, 2, 1, bias=False)), nn.LeakyReLU(0.2, inplace=True)]
         for a, b in zip(w, w[1:]):
-            layers += [nn.Conv2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.LeakyReLU(0.2, inplace=True)]
-        layers += [nn.Conv2d(w[-1], 1, 4, 1, 0, bias=False)]
+            layers += [sn(nn.Conv2d(a, b, 4, 2, 1, bias=False)), norm(b), nn.LeakyReLU(0.2, inplace=True)]
+        layers += [sn(nn.Conv2d(w[-1], 1, 4, 1, 0, bias=False))]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +82,10 @@ class Discriminator(nn.Module):
 def init_weights(m: nn.Module):
     """DCGAN init: conv weights N(0, 0.02); BatchNorm weight N(1, 0.02), bias 0."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-        nn.init.normal_(m.weight, 0.0, 0.02)
+        if nn.utils.parametrize.is_parametrized(m, "weight"):  # spectral norm: initialise the raw weight
+            nn.init.normal_(m.parametrizations.weight.original, 0.0, 0.02)
+        else:
+            nn.init.normal_(m.weight, 0.0, 0.02)
     elif isinstance(m, nn.BatchNorm2d):
         nn.init.normal_(m.weight, 1.0, 0.02)
         nn.init.zeros_(m.bias)
@@ -82,8 +93,10 @@ def init_weights(m: nn.Module):
 
 @contextmanager
 def frozen_batchnorm(model: nn.Module):
-    """Forward in train mode (batch statistics, as in training) without moving the running statistics."""
-    saved = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+    """Forward in train mode (batch statistics, as in training) without moving the running statistics
+    (nor spectral norm's power-iteration vectors)."""
+    saved = {k: v.clone() for k, v in model.state_dict().items()
+             if "running_" in k or "num_batches" in k or k.endswith(("._u", "._v"))}
     try:
         yield
     finally:

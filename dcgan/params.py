@@ -73,6 +73,15 @@ def _colour(v):
         return "must be a colour name or hex code such as 'white', 'black' or '#ff8800'"
 
 
+DIFFAUGMENT_POLICIES = ("color", "translation", "cutout")  # augment.POLICIES; a test keeps the two equal
+
+
+def _policy(v):
+    for name in (s.strip() for s in v.split(",")):
+        if name and name != "none" and name not in DIFFAUGMENT_POLICIES:
+            return f"has an unknown augmentation '{name}' (choose from {', '.join(DIFFAUGMENT_POLICIES)}, comma-separated)"
+
+
 def _nonempty(v):
     if not v.strip():
         return "must not be empty"
@@ -122,6 +131,19 @@ SCHEMA: dict[str, Param] = {
               "denser early)", lambda v: None if v == "auto" or (isinstance(v, int) and v >= 1)
               else "must be 'auto' or an int >= 1"),
         Param("checkpoint_every", int, "write the resumable checkpoint every N epochs", _at_least(1)),
+        # quality options (train)
+        Param("diffaugment", str, "DiffAugment policy: comma-separated color, translation, cutout; '' = off",
+              _policy),
+        Param("loss", str, "bce (non-saturating, DCGAN) or hinge", _one_of("bce", "hinge")),
+        Param("spectral_norm", bool, "spectral normalisation of D's convs (and no BatchNorm in D)"),
+        Param("r1_gamma", float, "weight of the R1 gradient penalty on real images; 0 = off", _between(0, 1e6)),
+        Param("r1_every", int, "compute R1 every N steps (weight scaled by N, as StyleGAN2)", _between(1, 1_000_000)),
+        Param("ema_halflife", int, "half-life in images of the EMA of G's weights; 0 = off", _between(0, 10**12)),
+        Param("ema_rampup", float, "EMA half-life at most this x images seen (0 = no ramp-up)", _between(0, 1)),
+        Param("eval_every", int, "score the generator (SWD, FID/KID) every N epochs and keep the best; 0 = off",
+              _at_least(0)),
+        Param("generator", str, "generator that generate/evaluate use: best (lowest SWD in training) or last",
+              _one_of("best", "last")),
         # generate
         Param("num_images", int, "images the generate stage writes (and evaluate scores)", _between(1, 10_000_000)),
         Param("generate_seed", int, "seed of the generate stage's noise", _at_least(0)),
@@ -137,8 +159,9 @@ STAGE_KEYS: dict[str, list[str]] = {
                 "max_skipped_fraction", "max_image_pixels", "max_file_bytes"],
     "train": ["nz", "ngf", "ndf", "epochs", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "seed", "device",
               "precision", "channels_last", "compile", "nproc", "nnodes", "rdzv_endpoint", "sample_every",
-              "checkpoint_every"],
-    "generate": ["num_images", "generate_seed", "invert_steps", "device"],
+              "checkpoint_every", "diffaugment", "loss", "spectral_norm", "r1_gamma", "r1_every", "ema_halflife",
+              "ema_rampup", "eval_every", "fid_weights"],
+    "generate": ["num_images", "generate_seed", "invert_steps", "device", "generator"],
     "evaluate": ["fid_weights", "memorisation_k", "device", "seed"],
 }
 

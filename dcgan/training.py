@@ -8,6 +8,7 @@ so re-running the stage (DVC deletes its outputs first) always reproduces all of
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -17,9 +18,12 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint, distributed, live, pictures
+from .augment import DiffAugment
 from .device import FastPath, adam, autocast, memory_format, pick_device, resolve
-from .engine import ResidentData, Stepper
 from .distributed import World
+from .ema import EMA
+from .engine import ResidentData, Stepper
+from .quality import SELECT_BY, Best, QualityProbe
 from .errors import UserError
 from .files import atomic_torch_save, atomic_write_text
 from .model import Discriminator, Generator, frozen_batchnorm, init_weights
@@ -32,7 +36,7 @@ def build(p: dict, size: int, channels: int):
     """Seeded models and the fixed noise of the sample grids, on the CPU: the state of epoch 0."""
     checkpoint.seed_everything(p["seed"])
     G = Generator(size, channels, p["nz"], p["ngf"]).apply(init_weights)
-    D = Discriminator(size, channels, p["ndf"]).apply(init_weights)
+    D = Discriminator(size, channels, p["ndf"], spectral_norm=p["spectral_norm"]).apply(init_weights)
     fixed_noise = torch.randn(GRID_SIZE, p["nz"])
     return G, D, fixed_noise
 
@@ -44,10 +48,19 @@ def optimisers(p: dict, G, D, device: torch.device, fast: FastPath):
             adam(D.parameters(), p["lr_d"], betas, device, capturable=fast.cuda_graph))
 
 
-def write_outputs(G, D, summary: dict, models_dir: Path, summary_path: Path):
+def write_outputs(G, D, best: Best, summary: dict, models_dir: Path, summary_path: Path):
+    """G: the generator to publish (the EMA when it is on); best: its best-scoring weights so far."""
     save_model(G, models_dir / "generator.pt")
+    if best.weights is not None:
+        G = copy.deepcopy(G).cpu()
+        G.load_state_dict(best.weights)
+    save_model(G, models_dir / "generator_best.pt")   # = generator.pt when nothing was scored
     save_model(D, models_dir / "discriminator.pt")
     atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+
+
+def published(G, ema: EMA | None):
+    return ema.model if ema is not None else G
 
 
 def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path, live_dir: Path,
@@ -83,10 +96,15 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
             ckpt, why = None, f"checkpoint {ckpt_path} does not fit the models ({type(e).__name__}): starting fresh"
             G, D, fixed_noise = build(p, size, channels)
     log(why)
+    best = Best(ckpt.get("best") if ckpt is not None else None)
     if ckpt is not None and ckpt["epoch"] == p["epochs"]:
         log(f"already trained for {ckpt['epoch']} epochs: writing the models and {summary_path} from the checkpoint")
+        ema = None
+        if ckpt.get("G_ema") is not None:
+            ema = EMA(G, p["ema_halflife"], p["ema_rampup"])
+            ema.load_state_dict(ckpt["G_ema"])
         if world.main:
-            write_outputs(G, D, ckpt["summary"], models_dir, summary_path)
+            write_outputs(published(G, ema), D, best, ckpt["summary"], models_dir, summary_path)
         return ckpt["summary"]
 
     # Device and layout first, then the optimisers (their state follows the parameters' device on load).
@@ -95,11 +113,15 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
     D.to(device, memory_format=fmt).train()
     opt_g, opt_d = optimisers(p, G, D, device, fast)
     G_ddp, D_ddp = distributed.wrap(G, world, device), distributed.wrap(D, world, device)
+    ema = EMA(G, p["ema_halflife"], p["ema_rampup"]) if p["ema_halflife"] > 0 else None
     start, wall_before = 0, 0.0
     if ckpt is not None:
         opt_g.load_state_dict(ckpt["opt_g"])
         opt_d.load_state_dict(ckpt["opt_d"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["G_ema"])
         fixed_noise, start, wall_before = ckpt["fixed_noise"], ckpt["epoch"], ckpt["wall_s"]
+    G_pub = published(G, ema)  # what the grids, the quality score and models/generator*.pt show
 
     data = ResidentData(train_arr, device, fmt)      # on the GPU: one uint8 tensor; on the CPU: the memory map
     val = ResidentData(val_arr, device)
@@ -108,8 +130,18 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
     probe = ResidentData(train_arr[np.sort(np.random.default_rng(0).choice(n, min(n, len(val_arr)), replace=False))],
                          device)
     steps, local = n // bs, bs // world.size
-    stepper = Stepper(G_ddp, D_ddp, opt_g, opt_d, p["nz"], fast, device, log=log)
+    augment = DiffAugment(p["diffaugment"])
+    stepper = Stepper(G_ddp, D_ddp, opt_g, opt_d, p["nz"], fast, device, log=log, loss=p["loss"],
+                      augment=augment, r1_gamma=p["r1_gamma"], r1_every=p["r1_every"])
     stepper.compile(data, local)
+    probe_q = None
+    if world.main and p["eval_every"] > 0:
+        if len(val_arr) >= 2:
+            with torch.random.fork_rng(devices=[]):  # building Inception draws init weights: leave training's RNG be
+                probe_q = QualityProbe(val_arr, p["nz"], device, seed=p["seed"], fid_weights=p["fid_weights"],
+                                       log=log)
+        else:
+            log("quality not measured during training: the val split has fewer than 2 images (raise val_fraction)")
     if ckpt is not None:  # after the compile trial: the RNG continues exactly where the checkpoint left it
         checkpoint.set_rng_state(ckpt["rng"][world.rank])
     else:                 # noise differs between ranks; batch order (perm_generator) is the same on all
@@ -117,6 +149,9 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
     log(f"device {device}: precision {fast.precision}, channels_last {fast.channels_last}, "
         f"compile {stepper.compiled}, CUDA graph {stepper.use_graph}"
         + (f", {world.size} processes with DDP, {local} images each per step" if world.distributed else ""))
+    log(f"loss {p['loss']}, DiffAugment {','.join(augment.names) or 'off'}, spectral norm {p['spectral_norm']}, "
+        f"R1 {p['r1_gamma'] if p['r1_gamma'] > 0 else 'off'}, "
+        + (f"EMA of G half-life {p['ema_halflife']} images" if ema else "EMA of G off"))
     grids = live.grid_epochs(p["sample_every"], p["epochs"])
     eval_autocast = autocast(device, fast.precision)
 
@@ -131,10 +166,14 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
             for i in range(steps):
                 first = i * bs + world.rank * local     # this rank's share of global batch i
                 stepper.step(data, perm[first:first + local])
+                if ema is not None:
+                    ema.update(bs, ((epoch - 1) * steps + i + 1) * bs)
                 bar.update(bs)                          # counts only: no host sync inside the epoch
         means = stepper.read_sums(steps, world)
         epoch_s = time.perf_counter() - t0
         stats = {"loss_d": means[0], "loss_g": means[1], "d_real": means[2], "d_fake": means[3]}
+        if p["r1_gamma"] > 0:
+            stats["r1"] = means[4]
         if not all(np.isfinite(v) for v in stats.values()):  # the same on every rank: all stop together
             bad = ", ".join(f"{k}={v}" for k, v in stats.items() if not np.isfinite(v))
             raise UserError(f"training diverged at epoch {epoch} ({bad}); the checkpoint of the last good epoch "
@@ -146,19 +185,25 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
                 stats["d_train"] = discriminator_mean(D, probe, bs, eval_autocast)
         stats["images_per_s"] = steps * bs / epoch_s
         stats["epoch_s"] = epoch_s
+        if probe_q is not None and (epoch % p["eval_every"] == 0 or epoch == p["epochs"]):
+            stats.update(probe_q.score(G_pub))
+            if best.offer(epoch, stats[SELECT_BY], G_pub):
+                log(f"best {SELECT_BY} so far: {best.score:.3f} at epoch {epoch}")
         images_done += steps * bs
         if world.main:
             run.step = epoch
             for k, v in stats.items():
                 run.log_metric(k, v)
             if epoch in grids:
-                run.log_image(f"samples/{epoch:05d}.png", sample_grid(G, fixed_noise, device))
+                run.log_image(f"samples/{epoch:05d}.png", sample_grid(G_pub, fixed_noise, device))
             run.make_summary()
         log(f"epoch {epoch}/{p['epochs']}  " + "  ".join(
             f"{k} {v:.1f}" if k in ("images_per_s", "epoch_s") else f"{k} {v:.4f}" for k, v in stats.items()))
         run_s = time.perf_counter() - run_t0
-        summary = {"epochs_done": epoch, **{k: v for k, v in stats.items() if k != "epoch_s"},
+        summary = {**summary, "epochs_done": epoch, **{k: v for k, v in stats.items() if k != "epoch_s"},
                    "images_per_s": images_done / run_s, "wall_s": wall_before + run_s}
+        if best.weights is not None:
+            summary.update({f"best_{SELECT_BY}": best.score, "best_epoch": best.epoch})
         if epoch % p["checkpoint_every"] == 0 or epoch == p["epochs"]:
             for m in (G, D):                            # collectives: every rank takes part
                 distributed.average_buffers(m, world)
@@ -168,6 +213,7 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
                     "fingerprint": fp, "epoch": epoch, "wall_s": summary["wall_s"], "summary": summary,
                     "G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(),
                     "opt_d": opt_d.state_dict(), "fixed_noise": fixed_noise, "rng": rng,
+                    "G_ema": ema.state_dict() if ema is not None else None, "best": best.state_dict(),
                 }, ckpt_path)
     if world.distributed:
         same, sums = distributed.checksums_agree((G, D), world)
@@ -176,7 +222,7 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
         log(f"all {world.size} ranks hold the same weights (parameter sum {sums[0]:.6f})")
     if world.main:
         run.end()
-        write_outputs(G, D, summary, models_dir, summary_path)
+        write_outputs(G_pub, D, best, summary, models_dir, summary_path)
     return summary
 
 

@@ -7,7 +7,9 @@
   python stages/generate.py invert  --model models/generator.pt --input folder_or.jsonl --out out/
         image -> latent: out/latents.jsonl ({"key", "z", "reconstruction_mse"}) and out/comparison.png
 
-Options left out fall back to params.yaml (num_images, generate_seed, invert_steps, device) when it exists.
+Options left out fall back to params.yaml (num_images, generate_seed, invert_steps, device, generator) when it
+exists. Without --model: models/generator_best.pt (the best-scoring generator of training), or with
+`generator: last`, models/generator.pt.
 """
 import argparse
 import json
@@ -24,7 +26,8 @@ from dcgan import cli, data, generation, params, pictures  # noqa: E402
 from dcgan.device import pick_device  # noqa: E402
 from dcgan import model as models  # noqa: E402
 
-DEFAULTS = {"num_images": 64, "generate_seed": 1, "invert_steps": 300, "device": "auto"}
+DEFAULTS = {"num_images": 64, "generate_seed": 1, "invert_steps": 300, "device": "auto", "generator": "best"}
+MODEL_FILES = {"best": Path("models/generator_best.pt"), "last": Path("models/generator.pt")}
 INVERSION_DEMO = 8  # held-out test images projected by the DVC stage, to show the round trip
 
 
@@ -38,6 +41,17 @@ def settings(args) -> dict:
             p[key] = getattr(args, opt)
     checked = params.validate({k: p[k] for k in DEFAULTS}, list(DEFAULTS), "command line")
     return checked
+
+
+def model_path(args, p) -> Path:
+    """--model when given; else the `generator` param: best (generator_best.pt) or last (generator.pt)."""
+    if args.model is not None:
+        return args.model
+    path = MODEL_FILES[p["generator"]]
+    if not path.is_file() and MODEL_FILES["last"].is_file():
+        print(f"{path} not found (trained before the best generator was kept): using {MODEL_FILES['last']}")
+        return MODEL_FILES["last"]
+    return path
 
 
 def load_generator(path: Path, device_name: str):
@@ -55,7 +69,7 @@ def load_generator(path: Path, device_name: str):
 
 
 def cmd_sample(args, p):
-    G, device = load_generator(args.model, p["device"])
+    G, device = load_generator(model_path(args, p), p["device"])
     out = args.out
     t0 = time.perf_counter()
     generation.write_samples(G, out / "images", p["num_images"], p["generate_seed"], device)
@@ -74,7 +88,7 @@ def cmd_sample(args, p):
 
 
 def cmd_latents(args, p):
-    G, device = load_generator(args.model, p["device"])
+    G, device = load_generator(model_path(args, p), p["device"])
     if not args.input.is_file():
         raise cli.UserError(f"--input {args.input} not found")
     rows, errors = generation.parse_latents(generation.read_utf8(args.input), G.nz)
@@ -87,7 +101,7 @@ def cmd_latents(args, p):
 
 
 def cmd_invert(args, p):
-    G, device = load_generator(args.model, p["device"])
+    G, device = load_generator(model_path(args, p), p["device"])
     if not args.input.exists():
         raise cli.UserError(f"--input {args.input} not found")
     keys, images, problems = generation.read_images_for(G, args.input)
@@ -109,7 +123,9 @@ def main():
                         ("latents", "latent -> image for each line of a JSON Lines file"),
                         ("invert", "image -> latent for a folder of images or JSON Lines of base64 images")):
         sp = sub.add_parser(name, help=help_)
-        sp.add_argument("--model", type=Path, default=Path("models/generator.pt"), help="generator .pt file")
+        sp.add_argument("--model", type=Path, default=None,
+                        help="generator .pt file (default: models/generator_best.pt, or models/generator.pt "
+                             "with generator: last in params.yaml)")
         sp.add_argument("--out", type=Path, required=True, help="output folder")
         sp.add_argument("--params", type=Path, default=params.PARAMS_FILE, help="params.yaml to read defaults from")
         sp.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N, mps")

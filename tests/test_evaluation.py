@@ -47,13 +47,13 @@ def random_split(n: int, seed: int, channels: int = 1) -> np.ndarray:
 
 @pytest.fixture
 def no_hub(tmp_path, monkeypatch):
-    """An empty torch hub cache, and any download attempt fails the test."""
+    """An empty torch hub cache and no network (whether or not this machine has one)."""
     def no_network(*a, **k):
-        raise AssertionError("tried to download")
+        import urllib.error
+        raise urllib.error.URLError("no network in this test")
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
 
 
 def test_evaluate_end_to_end_without_fid_weights(tmp_path, no_hub):
