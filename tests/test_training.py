@@ -83,6 +83,48 @@ def test_raising_epochs_continues_and_equals_one_long_run(tmp_path, prepared):
     assert steps == ["step", "1", "2", "3"]  # earlier epochs' series kept, no duplicates
 
 
+QUALITY_OPTIONS = {"loss": "hinge", "spectral_norm": True, "r1_gamma": 1.0, "r1_every": 2,
+                   "diffaugment": "color,translation,cutout", "ema_halflife": 500, "ema_rampup": 0.05, "eval_every": 1}
+
+
+def test_quality_options_train_log_and_keep_ema_and_best(tmp_path, prepared):
+    r = run_train(tmp_path, prepared, "q", **QUALITY_OPTIONS)
+    s = r["summary"]
+    for k in ("loss_d", "loss_g", "r1", "swd", "best_swd"):
+        assert np.isfinite(s[k]), k
+    assert s["r1"] > 0 and 1 <= s["best_epoch"] <= 3
+    assert any("loss hinge, DiffAugment color,translation,cutout, spectral norm True, R1 1.0" in x for x in r["log"])
+    assert (tmp_path / "q/live/plots/metrics/swd.tsv").read_text().count("\n") == 4   # header + every epoch
+    ckpt = torch.load(tmp_path / "q/models/checkpoint.pt", weights_only=True)
+    g_last = torch.load(tmp_path / "q/models/generator.pt", weights_only=True)["state_dict"]
+    g_best = torch.load(tmp_path / "q/models/generator_best.pt", weights_only=True)["state_dict"]
+    for k in g_last:  # generator.pt is the EMA, not the raw G; generator_best.pt is the kept best
+        assert torch.equal(g_last[k], ckpt["G_ema"][k].contiguous()), k
+        assert torch.equal(g_best[k], ckpt["best"]["G"][k]), k
+    assert not all(torch.equal(g_last[k], ckpt["G"][k].contiguous()) for k in g_last if "weight" in k)
+    assert ckpt["best"]["epoch"] == s["best_epoch"] and ckpt["best"]["score"] == s["best_swd"]
+    d = torch.load(tmp_path / "q/models/discriminator.pt", weights_only=True)
+    assert d["config"]["spectral_norm"] is True
+
+
+def test_quality_options_resume_equals_one_long_run(tmp_path, prepared):
+    run_train(tmp_path, prepared, "long", **QUALITY_OPTIONS)
+    run_train(tmp_path, prepared, "short", **{**QUALITY_OPTIONS, "epochs": 2})
+    r = run_train(tmp_path, prepared, "short", **QUALITY_OPTIONS)
+    assert any("resuming from checkpoint at epoch 2" in line for line in r["log"])
+    assert_identical(weights(tmp_path / "long/models"), weights(tmp_path / "short/models"))
+    for f in ("generator_best.pt", "checkpoint.pt"):
+        a = torch.load(tmp_path / "long/models" / f, weights_only=True)
+        b = torch.load(tmp_path / "short/models" / f, weights_only=True)
+        if f == "checkpoint.pt":
+            assert_identical(a["G_ema"], b["G_ema"])
+            assert a["best"]["epoch"] == b["best"]["epoch"] and a["best"]["score"] == b["best"]["score"]
+            a, b = a["best"]["G"], b["best"]["G"]
+        else:
+            a, b = a["state_dict"], b["state_dict"]
+        assert_identical(a, b)
+
+
 def test_changed_training_param_starts_fresh_and_says_why(tmp_path, prepared):
     run_train(tmp_path, prepared, "a", epochs=1)
     r = run_train(tmp_path, prepared, "a", epochs=2, lr_g=0.001)
