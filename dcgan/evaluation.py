@@ -151,6 +151,23 @@ def pairs_columns(left: np.ndarray, right: np.ndarray, per_column: int = 4, gap:
     return canvas
 
 
+INVERSION_IMAGES = 64  # test images projected three ways
+
+
+def inversion_modes(G, E, images: np.ndarray, steps: int, device, seed: int = 0, progress: bool = False) -> dict:
+    """Reconstruction MSE (in [-1, 1] units, mean over images) and wall time of image -> latent three ways:
+    the encoder alone, the encoder then `steps` of refinement, and refinement alone from a random start."""
+    from .generation import invert
+    out = {}
+    for name, enc, n_steps in (("encoder", E, 0), ("encoder_refined", E, steps), ("refined", None, steps)):
+        t0 = time.perf_counter()
+        _, err = invert(G, images, n_steps, device, seed=seed, encoder=enc, progress=progress)
+        out[f"inversion_mse_{name}"] = float(err.mean())
+        out[f"inversion_s_{name}"] = time.perf_counter() - t0
+    out["inversion_images"], out["inversion_steps"] = len(images), steps
+    return out
+
+
 def _finite(v) -> float | int | None:
     if v is None:
         return None
@@ -163,7 +180,7 @@ def _finite(v) -> float | int | None:
 def evaluate(fake: np.ndarray, discriminator, train_arr: np.ndarray, test_arr: np.ndarray, p: dict,
              out_json: Path, out_dir: Path, device: str | torch.device = "cpu", *,
              extractor: metrics.FeatureExtractor | None | str = "auto", progress: bool = True,
-             log: Callable[[str], None] = print) -> dict:
+             log: Callable[[str], None] = print, generator=None, encoder=None) -> dict:
     """Score generated images `fake` (uint8 N, C, H, W) against the test split; write `out_json` (flat numbers or null) and the
     pictures confusion_matrix.png, memorisation.png and samples.png in `out_dir`.
 
@@ -227,6 +244,12 @@ def evaluate(fake: np.ndarray, discriminator, train_arr: np.ndarray, test_arr: n
                memorisation_min_distance=float(near.distances.min()),
                memorisation_median_distance_test=ref.median,
                memorisation_ratio=near.median / ref.median if ref.median > 0 else None)
+
+    # image -> latent: encoder alone, encoder + refinement, refinement alone
+    if generator is not None and encoder is not None:
+        log(f"inversion of {min(len(test_arr), INVERSION_IMAGES)} test images, three ways")
+        res.update(inversion_modes(generator, encoder, np.array(test_subset(INVERSION_IMAGES)),
+                                   p.get("invert_steps", 100), device, seed=seed))
 
     # pictures
     pictures.save_png(confusion_png(clf["confusion"], clf["accuracy"]), out_dir / "confusion_matrix.png")

@@ -207,21 +207,28 @@ def _pyramid_loss(x: torch.Tensor, y: torch.Tensor, levels: int = 4) -> torch.Te
 
 
 def invert(G, images: np.ndarray, steps: int, device, seed: int = 0, candidates: int = 32,
-           lr: float = 0.05, batch: int = 64, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Find for each uint8 image the z whose generated image is closest. Returns (z (N, nz), per-image MSE in [-1,1] units)."""
+           lr: float = 0.05, batch: int = 64, progress: bool = True, encoder=None) -> tuple[np.ndarray, np.ndarray]:
+    """Find for each uint8 image the z whose generated image is closest. Returns (z (N, nz), per-image MSE in [-1,1] units).
+    Start: E(x) when an encoder is given (steps=0: the encoder alone), else the best of `candidates` random
+    latents; then `steps` of Adam on the pixel (pyramid) loss."""
     G.eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
     zs, errs = [], []
     n_batches = math.ceil(len(images) / batch)
-    with tqdm(total=n_batches * steps, desc="invert", unit="step", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(total=n_batches * steps, desc="invert", unit="step", disable=not progress or steps == 0,
+              dynamic_ncols=True) as bar:
         for start in range(0, len(images), batch):
             target = pictures.to_float(images[start:start + batch]).to(device)
             m = len(target)
-            # Start each image from the best of several random latents: cheap, avoids bad basins.
-            cand = torch.randn(candidates, m, G.nz, generator=gen).to(device)
-            with torch.no_grad():
-                losses = torch.stack([_pyramid_loss(G(c), target) for c in cand])  # (candidates, m)
-            z = cand[losses.argmin(0), torch.arange(m, device=device)].clone().requires_grad_(True)
+            if encoder is not None:
+                with torch.no_grad():
+                    z = encoder.eval()(target).float().clone().requires_grad_(True)
+            else:
+                # Start each image from the best of several random latents: cheap, avoids bad basins.
+                cand = torch.randn(candidates, m, G.nz, generator=gen).to(device)
+                with torch.no_grad():
+                    losses = torch.stack([_pyramid_loss(G(c), target) for c in cand])  # (candidates, m)
+                z = cand[losses.argmin(0), torch.arange(m, device=device)].clone().requires_grad_(True)
             opt = torch.optim.Adam([z], lr=lr)
             for _ in range(steps):
                 loss = _pyramid_loss(G(z), target)

@@ -79,6 +79,32 @@ class Discriminator(nn.Module):
         return self.net(x).flatten()  # one logit per image
 
 
+class Encoder(nn.Module):
+    """Image -> latent in one forward pass: the discriminator's conv stack (BatchNorm, LeakyReLU) ending in
+    a 4x4 conv to nz numbers. Trained by encoder.py on pairs (z, G(z)) drawn from the generator itself."""
+
+    def __init__(self, image_size: int = 64, channels: int = 3, nz: int = 100, nef: int = 64):
+        super().__init__()
+        _check_size(image_size, channels)
+        self.config = {"image_size": image_size, "channels": channels, "nz": nz, "nef": nef}
+        w = _widths(image_size, nef)[::-1]
+        layers = [nn.Conv2d(channels, w[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+        for a, b in zip(w, w[1:]):
+            layers += [nn.Conv2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.LeakyReLU(0.2, inplace=True)]
+        layers += [nn.Conv2d(w[-1], nz, 4, 1, 0)]
+        self.net = nn.Sequential(*layers)
+
+    @property
+    def nz(self) -> int:
+        return self.config["nz"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten(1)  # (N, nz)
+
+
+KINDS = {"generator": Generator, "discriminator": Discriminator, "encoder": Encoder}
+
+
 def init_weights(m: nn.Module):
     """DCGAN init: conv weights N(0, 0.02); BatchNorm weight N(1, 0.02), bias 0."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -105,7 +131,7 @@ def frozen_batchnorm(model: nn.Module):
 
 def save(model: nn.Module, path: Path):
     """state_dict + architecture, loadable with torch.load(weights_only=True)."""
-    kind = "generator" if isinstance(model, Generator) else "discriminator"
+    kind = next(k for k, cls in KINDS.items() if isinstance(model, cls))
     # NCHW strides on disk whatever the layout in training (.contiguous() keeps channels_last strides of a
     # tensor with one channel), so the same weights always give the same bytes
     state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
@@ -114,13 +140,13 @@ def save(model: nn.Module, path: Path):
 
 
 def load(path: Path | str, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a Generator or Discriminator saved by `save`, in eval mode."""
+    """Rebuild a Generator, Discriminator or Encoder saved by `save`, in eval mode."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file '{path}' not found (run `dvc repro train` or `dvc pull train`)")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        cls = {"generator": Generator, "discriminator": Discriminator}[blob["kind"]]
+        cls = KINDS[blob["kind"]]
         model = cls(**blob["config"])
         model.load_state_dict(blob["state_dict"])
     except Exception as e:  # noqa: BLE001

@@ -147,7 +147,14 @@ SCHEMA: dict[str, Param] = {
         # generate
         Param("num_images", int, "images the generate stage writes (and evaluate scores)", _between(1, 10_000_000)),
         Param("generate_seed", int, "seed of the generate stage's noise", _at_least(0)),
-        Param("invert_steps", int, "optimisation steps when projecting images to latents", _between(1, 100_000)),
+        Param("invert_steps", int, "optimisation steps when projecting images to latents, from the encoder's guess "
+              "(0 = the encoder alone)", _between(0, 100_000)),
+        # encoder
+        Param("encoder_steps", int, "training steps of the encoder (image -> latent) on the generator's samples",
+              _between(1, 10_000_000)),
+        Param("encoder_lr", float, "Adam learning rate of the encoder", _between(0, 1, lo_open=True)),
+        Param("encoder_pixel_weight", float, "weight of the pixel loss ||G(E(G(z))) - G(z)||^2 beside the latent loss",
+              _between(0, 1e6)),
         # evaluate
         Param("fid_weights", str, "path to pt_inception-2015-12-05-6726825d.pth ('' = torch hub cache)"),
         Param("memorisation_k", int, "generated images searched for their nearest training image", _between(1, 100_000)),
@@ -161,8 +168,9 @@ STAGE_KEYS: dict[str, list[str]] = {
               "precision", "channels_last", "compile", "nproc", "nnodes", "rdzv_endpoint", "sample_every",
               "checkpoint_every", "diffaugment", "loss", "spectral_norm", "r1_gamma", "r1_every", "ema_halflife",
               "ema_rampup", "eval_every", "fid_weights"],
+    "encoder": ["encoder_steps", "encoder_lr", "encoder_pixel_weight", "seed", "device", "generator"],
     "generate": ["num_images", "generate_seed", "invert_steps", "device", "generator"],
-    "evaluate": ["fid_weights", "memorisation_k", "device", "seed"],
+    "evaluate": ["fid_weights", "memorisation_k", "device", "seed", "invert_steps", "generator"],
 }
 
 

@@ -9,6 +9,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan packag
 from dcgan import cli, data, evaluation, model, params  # noqa: E402
 from dcgan.device import pick_device  # noqa: E402
 
+GENERATOR_FILES = {"best": Path("models/generator_best.pt"), "last": Path("models/generator.pt")}
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
@@ -17,6 +19,9 @@ def main():
     ap.add_argument("--generated", type=Path, default=Path("data/generated/images"),
                     help="folder of generated PNG files (the generate stage's output)")
     ap.add_argument("--discriminator", type=Path, default=Path("models/discriminator.pt"))
+    ap.add_argument("--generator", type=Path, default=None,
+                    help="generator for the inversion scores (default: by the `generator` param)")
+    ap.add_argument("--encoder", type=Path, default=Path("models/encoder.pt"))
     ap.add_argument("--out-json", type=Path, default=Path("metrics/eval.json"))
     ap.add_argument("--out-dir", type=Path, default=Path("metrics/eval"), help="folder of the pictures")
     args = ap.parse_args()
@@ -45,9 +50,22 @@ def main():
         evaluation.check_compatible(D, train_arr, test_arr, fake)
     except ValueError as e:
         raise cli.UserError(str(e)) from None
-    res = evaluation.evaluate(fake, D, train_arr, test_arr, p, args.out_json, args.out_dir, device)
+    G = E = None
+    g_path = args.generator or GENERATOR_FILES[p["generator"]]
+    if args.encoder.is_file() and g_path.is_file():
+        try:
+            G, E = model.load(g_path, device), model.load(args.encoder, device)
+        except ValueError as e:
+            raise cli.UserError(str(e)) from None
+        if not isinstance(G, model.Generator) or not isinstance(E, model.Encoder):
+            raise cli.UserError(f"'{g_path}' must hold a generator and '{args.encoder}' an encoder")
+    else:
+        print(f"inversion scores skipped: {args.encoder} or {g_path} not found (dvc repro encoder)")
+    res = evaluation.evaluate(fake, D, train_arr, test_arr, p, args.out_json, args.out_dir, device,
+                              generator=G, encoder=E)
     shown = ("swd", "swd_floor", "fid", "fid_floor", "kid", "d_accuracy", "memorisation_median_distance",
-             "memorisation_median_distance_test", "wall_s")
+             "memorisation_median_distance_test", "inversion_mse_encoder", "inversion_mse_encoder_refined",
+             "inversion_mse_refined", "wall_s")
     print("done: " + ", ".join(f"{k}={res[k]:.4g}" for k in shown if res.get(k) is not None))
     print(f"wrote {args.out_json} and {args.out_dir}/")
 

@@ -26,7 +26,7 @@ from dcgan import cli, data, generation, params, pictures  # noqa: E402
 from dcgan.device import pick_device  # noqa: E402
 from dcgan import model as models  # noqa: E402
 
-DEFAULTS = {"num_images": 64, "generate_seed": 1, "invert_steps": 300, "device": "auto", "generator": "best"}
+DEFAULTS = {"num_images": 64, "generate_seed": 1, "invert_steps": 100, "device": "auto", "generator": "best"}
 MODEL_FILES = {"best": Path("models/generator_best.pt"), "last": Path("models/generator.pt")}
 INVERSION_DEMO = 8  # held-out test images projected by the DVC stage, to show the round trip
 
@@ -52,6 +52,20 @@ def model_path(args, p) -> Path:
         print(f"{path} not found (trained before the best generator was kept): using {MODEL_FILES['last']}")
         return MODEL_FILES["last"]
     return path
+
+
+def load_encoder(path: Path, device):
+    """The encoder that starts inversion from E(x); None (random starts) when there is none yet."""
+    if not path.is_file():
+        print(f"{path} not found: inversion starts from random latents (dvc repro encoder trains one)")
+        return None
+    try:
+        E = models.load(path, device)
+    except ValueError as e:
+        raise cli.UserError(str(e)) from None
+    if not isinstance(E, models.Encoder):
+        raise cli.UserError(f"'{path}' holds a {type(E).__name__.lower()}, not an encoder")
+    return E
 
 
 def load_generator(path: Path, device_name: str):
@@ -80,7 +94,8 @@ def cmd_sample(args, p):
     if args.real is not None:
         real = np.array(data.load_array(args.real)[:INVERSION_DEMO])
         if len(real):
-            z, err = generation.invert(G, real, p["invert_steps"], device, seed=p["generate_seed"])
+            z, err = generation.invert(G, real, p["invert_steps"], device, seed=p["generate_seed"],
+                                       encoder=load_encoder(args.encoder, device))
             recon = generation.generate(G, torch.from_numpy(z), device)
             pictures.save_png(pictures.pairs(real, recon), out / "inversion.png")
             generation.write_latents_jsonl(out / "inversion.jsonl", [f"test_{i}" for i in range(len(real))], z, err)
@@ -109,7 +124,8 @@ def cmd_invert(args, p):
         print(f"{args.input}: {e}", file=sys.stderr)
     if not keys:
         raise cli.UserError(f"no usable image in {args.input} ({len(problems)} bad)")
-    z, err = generation.invert(G, images, p["invert_steps"], device, seed=p["generate_seed"])
+    z, err = generation.invert(G, images, p["invert_steps"], device, seed=p["generate_seed"],
+                               encoder=load_encoder(args.encoder, device))
     generation.write_latents_jsonl(args.out / "latents.jsonl", keys, z, err)
     recon = generation.generate(G, torch.from_numpy(z), device)
     pictures.save_png(pictures.pairs(images, recon), args.out / "comparison.png")
@@ -138,6 +154,8 @@ def main():
             sp.add_argument("--input", type=Path, required=True)
         if name in ("sample", "invert"):
             sp.add_argument("--steps", type=int, default=None, help="optimisation steps (invert_steps)")
+            sp.add_argument("--encoder", type=Path, default=Path("models/encoder.pt"),
+                            help="encoder whose E(x) starts the inversion (random starts when absent)")
     args = ap.parse_args()
     p = settings(args)
     {"sample": cmd_sample, "latents": cmd_latents, "invert": cmd_invert}[args.command](args, p)

@@ -166,7 +166,10 @@ OTHER_CASES = [
     ("generator", "ema", "must be one of 'best', 'last'"),
     ("num_images", 0, "must be in [1, 10000000]"),
     ("generate_seed", -3, "must be >= 0"),
-    ("invert_steps", 0, "must be in [1, 100000]"),
+    ("invert_steps", -1, "must be in [0, 100000]"),
+    ("encoder_steps", 0, "must be in [1, 10000000]"),
+    ("encoder_lr", 0.0, "must be in (0, 1]"),
+    ("encoder_pixel_weight", -1.0, "must be in [0, 1000000"),
     ("fid_weights", 5, "must be a str"),
     ("memorisation_k", 0, "must be in [1, 100000]"),
 ]
@@ -298,3 +301,29 @@ def test_stage_script_prepares_a_folder(tmp_path):
     m = yaml.safe_load((tmp_path / "out" / "manifest.json").read_text())
     assert m["params"]["source"] == str(src) and m["params"]["image_size"] == 32
     assert sum(m["counts"][s] for s in ("train", "val", "test")) == 6
+
+
+def test_readme_sweep_recipe_expands_to_valid_params(tmp_path):
+    """The README's quality sweep, through DVC's own -S parser (Hydra sweeps), gives params every stage accepts."""
+    import re
+    import shlex
+
+    from dvc.utils.hydra import apply_overrides, get_hydra_sweeps
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("### Sweep the options yourself"):]
+    cmd = block[block.index("dvc exp run --queue"):]
+    cmd = cmd[:cmd.index("\n", cmd.index("seed=0,1"))].replace("\\\n", " ")
+    sets = [a for flag, a in zip(shlex.split(cmd), shlex.split(cmd)[1:]) if flag == "-S"]
+    sweeps = get_hydra_sweeps({"params.yaml": sets})
+    assert len(sweeps) == 12
+    policies = set()
+    for overrides in sweeps:
+        f = tmp_path / "params.yaml"
+        f.write_text((ROOT / "params.yaml").read_text())
+        apply_overrides(str(f), overrides["params.yaml"])
+        for stage in params.STAGE_KEYS:
+            params.load(stage, f)
+        policies.add(params.read(f)["diffaugment"])
+    assert policies == {"", "color,translation", "color,translation,cutout"}
+    assert re.search(r"dvc exp show --sort-by metrics/train.json:best_swd", block)

@@ -1,0 +1,46 @@
+"""encoder stage: train an encoder (image -> latent in one forward pass) on the generator's own samples."""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan package lives at the repo root
+
+from dcgan import cli, encoder, params  # noqa: E402
+from dcgan import model as models  # noqa: E402
+from dcgan.device import pick_device  # noqa: E402
+from dcgan.files import atomic_write_text  # noqa: E402
+
+MODEL_FILES = {"best": Path("models/generator_best.pt"), "last": Path("models/generator.pt")}
+BATCH = 64
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", type=Path, default=params.PARAMS_FILE)
+    ap.add_argument("--generator", type=Path, default=None,
+                    help="generator .pt (default: by the `generator` param, as the generate stage)")
+    ap.add_argument("--out", type=Path, default=Path("models/encoder.pt"))
+    ap.add_argument("--summary", type=Path, default=Path("metrics/encoder.json"))
+    args = ap.parse_args()
+    p = params.load("encoder", args.params)
+    try:
+        device = pick_device(p["device"])
+    except ValueError as e:
+        raise params.ParamError(f"{args.params}: 'device' {e}") from None
+    path = args.generator or MODEL_FILES[p["generator"]]
+    try:
+        G = models.load(path, device)
+    except (FileNotFoundError, ValueError) as e:
+        raise cli.UserError(str(e)) from None
+    if not isinstance(G, models.Generator):
+        raise cli.UserError(f"'{path}' holds a {type(G).__name__.lower()}, not a generator")
+    E, summary = encoder.train_encoder(G, p["encoder_steps"], BATCH, p["encoder_lr"], p["encoder_pixel_weight"],
+                                       p["seed"], device, width=G.config["ngf"])
+    models.save(E, args.out)
+    atomic_write_text(args.summary, json.dumps({f"encoder_{k}": v for k, v in summary.items()}, indent=2) + "\n")
+    print(f"wrote {args.out} and {args.summary}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
