@@ -170,6 +170,7 @@ STAGE_KEYS: dict[str, list[str]] = {
               "ema_rampup", "eval_every", "fid_weights"],
     "encoder": ["encoder_steps", "encoder_lr", "encoder_pixel_weight", "seed", "device", "generator"],
     "generate": ["num_images", "generate_seed", "invert_steps", "device", "generator"],
+    "export": ["generator"],
     "evaluate": ["fid_weights", "memorisation_k", "device", "seed", "invert_steps", "generator"],
 }
 

@@ -1,0 +1,117 @@
+"""Exported models for deployment: TorchScript and ONNX, and one loader that runs any of them.
+
+The generator maps z (N, nz) to images (N, C, H, W) in [-1, 1]; the encoder maps such images to z. Both
+are exported in eval mode (BatchNorm uses its running statistics), with a dynamic batch dimension, in
+float32 and the default memory layout, so any runtime can take them.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import brief
+from .model import Encoder, Generator
+
+FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}
+ONNX_OPSET = 17
+
+
+def example_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
+    c = model.config
+    if isinstance(model, Generator):
+        return torch.randn(batch, c["nz"])
+    return torch.rand(batch, c["channels"], c["image_size"], c["image_size"]) * 2 - 1
+
+
+def io_names(model: nn.Module) -> tuple[str, str]:
+    return ("z", "image") if isinstance(model, Generator) else ("image", "z")
+
+
+def export_torchscript(model: nn.Module, path: Path) -> Path:
+    """Traced (the networks have no data-dependent control flow); kind and config ride along as an extra file."""
+    model = model.cpu().eval()
+    kind = "generator" if isinstance(model, Generator) else "encoder"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still the portable format
+        traced = torch.jit.trace(model, example_input(model))
+        traced.save(str(path), _extra_files={"dcgan.json": json.dumps({"kind": kind, "config": model.config})})
+    return path
+
+
+def export_onnx(model: nn.Module, path: Path) -> Path:
+    model = model.cpu().eval()
+    src, dst = io_names(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its own deprecation
+        torch.onnx.export(model, (example_input(model),), str(path), input_names=[src], output_names=[dst],
+                          dynamic_axes={src: {0: "batch"}, dst: {0: "batch"}}, opset_version=ONNX_OPSET,
+                          dynamo=False)
+    return path
+
+
+def export_all(model: nn.Module, out_dir: Path, name: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [export_torchscript(model, out_dir / f"{name}{FORMATS['torchscript']}"),
+            export_onnx(model, out_dir / f"{name}{FORMATS['onnx']}")]
+
+
+class OnnxModel:
+    """An ONNX file behind the interface of a torch module: float tensor in, float tensor out (CPU)."""
+
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input: x.detach().float().cpu().numpy()})[0]
+        return torch.from_numpy(np.asarray(out))
+
+    def eval(self):
+        return self
+
+
+def load_runnable(path: Path, device="cpu"):
+    """A .pt saved by this project, a TorchScript .ts or an .onnx file -> (callable model, kind, config).
+    kind is 'generator' or 'encoder'; config holds nz, image_size and channels (read from the file's
+    shapes for exported files)."""
+    from . import model as models
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file '{path}' not found")
+    suffix = path.suffix.lower()
+    if suffix == ".pt":
+        m = models.load(path, device)
+        kind = next(k for k, cls in models.KINDS.items() if isinstance(m, cls))
+        return m, kind, dict(m.config)
+    if suffix == ".onnx":
+        try:
+            m = OnnxModel(path)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"'{path}' is not an ONNX model ({brief(e)})") from None
+        shape = m.session.get_inputs()[0].shape
+        if len(shape) == 2:   # kind and sizes from the graph's input shape and one probe
+            out = m(torch.zeros(1, shape[1]))
+            return m, "generator", {"nz": shape[1], "channels": out.shape[1], "image_size": out.shape[2]}
+        out = m(torch.zeros(1, *shape[1:]))
+        return m, "encoder", {"nz": out.shape[1], "channels": shape[1], "image_size": shape[2]}
+    if suffix == ".ts":
+        extra = {"dcgan.json": ""}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                m = torch.jit.load(str(path), map_location=device, _extra_files=extra).eval()
+            meta = json.loads(extra["dcgan.json"])
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"'{path}' is not a TorchScript model exported by this project ({brief(e)})") from None
+        return m, meta["kind"], meta["config"]
+    raise ValueError(f"'{path}': expected a .pt, .ts (TorchScript) or .onnx file")

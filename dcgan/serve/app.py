@@ -1,0 +1,292 @@
+"""The HTTP app: the cloud-prediction JSON format over FastAPI.
+
+POST /v1/models/generator:predict   {"instances": [...]} -> {"predictions": [...]} in request order
+    {"embeddings" (or "z"): [nz numbers], "key": "0"}  -> {"key", "image_bytes": {"b64": PNG}}
+    {"image_bytes": {"b64": JPEG/PNG}, "key": "0"}     -> {"key", "embeddings", "reconstruction_mse"}
+GET  /v1/models/generator           {"name", "version", "ready", ...}
+GET  /healthz                       {"status": "ok"}
+GET  /sample?n=16&seed=0            a grid PNG;   GET /interpolate?a=1&b=2&t=0.5: one PNG between two seeds
+GET  /                              the page
+
+Bad input never takes the server down: 400 with {"error": "instance 3: ..."} naming the instance and the
+reason, 413 for a body over the limit, 504 for a request over the time limit, 401 without the API key
+when one is set (always when bound beyond loopback).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import io
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+
+from .. import generation, pictures
+from ..images import BadImage, decode
+from .batching import Batcher
+
+PAGE = Path(__file__).with_name("page.html")
+IMAGE_SIGNATURES = {b"\x89PNG": ".png", b"\xff\xd8\xff": ".jpg", b"GIF8": ".gif", b"BM": ".bmp", b"RIFF": ".webp"}
+
+
+@dataclass
+class Settings:
+    max_batch: int = 64               # rows per model call
+    max_wait_ms: float = 5.0          # how long the first request of a batch waits for others
+    max_body_bytes: int = 8 << 20     # larger bodies get 413
+    max_instances: int = 256          # per request
+    max_pixels: int = 4096 * 4096     # larger images (judged from their header) get 400
+    timeout_s: float = 30.0           # a request over this gets 504
+    invert_steps: int = 0             # refinement steps after the encoder (0 = encoder alone)
+    api_key: str | None = None        # required on every route but /healthz when set
+    name: str = "generator"
+    version: str = "local"
+    extra: dict = field(default_factory=dict)
+
+
+class BadRequest(Exception):
+    pass
+
+
+def png_b64(img: np.ndarray) -> str:
+    """uint8 (C, H, W) -> base64 PNG."""
+    arr = img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0))
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=1)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    return base64.b64decode(png_b64(img))
+
+
+class Models:
+    """The generator (and encoder) behind two batchers, run in one model thread."""
+
+    def __init__(self, G, config: dict, E=None, settings: Settings = Settings()):
+        self.G, self.E, self.config, self.s = G, E, config, settings
+        self.nz, self.channels, self.size = config["nz"], config["channels"], config["image_size"]
+        self.differentiable = isinstance(G, torch.nn.Module)     # eager or TorchScript: refinement possible
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        wait = settings.max_wait_ms / 1000
+        self.g_batcher = Batcher(self._generate, self.executor, settings.max_batch, wait)
+        self.e_batcher = Batcher(self._encode, self.executor, settings.max_batch, wait) if E is not None else None
+
+    @torch.no_grad()
+    def _generate(self, z: torch.Tensor) -> np.ndarray:
+        return pictures.to_uint8(self.G(z))
+
+    def _encode(self, images: np.ndarray):
+        steps = self.s.invert_steps if self.differentiable else 0
+        if steps > 0:
+            z, err = generation.invert(self.G, images, steps, "cpu", encoder=self.E, progress=False)
+            return z, err
+        with torch.no_grad():
+            x = pictures.to_float(images)
+            z = self.E(x).float()
+            err = ((self.G(z).float() - x) ** 2).flatten(1).mean(1)
+        return z.numpy(), err.numpy()
+
+
+def _key(inst: dict, i: int) -> str:
+    key = inst.get("key", str(i))
+    if not isinstance(key, str):
+        raise BadRequest(f"instance {i}: 'key' must be a string, got {type(key).__name__}")
+    return key
+
+
+def _latent(inst: dict, i: int, nz: int) -> list[float]:
+    field_ = "embeddings" if "embeddings" in inst else "z"
+    z = inst[field_]
+    if not isinstance(z, list):
+        raise BadRequest(f"instance {i}: '{field_}' must be a list of {nz} numbers, got {type(z).__name__}")
+    if len(z) != nz:
+        raise BadRequest(f"instance {i}: '{field_}' has {len(z)} numbers; the generator takes {nz}")
+    for j, v in enumerate(z):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise BadRequest(f"instance {i}: '{field_}'[{j}] is {json.dumps(v)}, not a finite number")
+    return z
+
+
+def _image(inst: dict, i: int, models: Models, max_pixels: int) -> np.ndarray:
+    ib = inst["image_bytes"]
+    b64 = ib.get("b64") if isinstance(ib, dict) else None
+    if not isinstance(b64, str):
+        raise BadRequest(f"instance {i}: 'image_bytes' must be {{\"b64\": \"<base64 JPEG or PNG>\"}}")
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"instance {i}: 'image_bytes.b64' is not valid base64") from None
+    ext = next((e for sig, e in IMAGE_SIGNATURES.items() if raw.startswith(sig)), None)
+    if ext is None:
+        raise BadRequest(f"instance {i}: 'image_bytes.b64' is not a JPEG, PNG, GIF, BMP or WebP image")
+    try:
+        return decode(raw, ext, channels=models.channels, size=models.size, resize="crop", background="white",
+                      max_pixels=max_pixels)
+    except BadImage as e:
+        raise BadRequest(f"instance {i}: image could not be used ({e})") from None
+
+
+def parse_instances(body: bytes, models: Models, s: Settings):
+    """-> list of ('z', key, list) or ('image', key, uint8 array) in request order; BadRequest names the problem."""
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest(f"body is not JSON ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("instances"), list):
+        raise BadRequest('body must be {"instances": [...]}')
+    instances = doc["instances"]
+    if not instances:
+        raise BadRequest("'instances' is empty")
+    if len(instances) > s.max_instances:
+        raise BadRequest(f"{len(instances)} instances; at most {s.max_instances} per request")
+    out = []
+    for i, inst in enumerate(instances):
+        if not isinstance(inst, dict):
+            raise BadRequest(f"instance {i}: must be an object, got {type(inst).__name__}")
+        key = _key(inst, i)
+        if "embeddings" in inst or "z" in inst:
+            out.append(("z", key, _latent(inst, i, models.nz)))
+        elif "image_bytes" in inst:
+            if models.e_batcher is None:
+                raise BadRequest(f"instance {i}: this server has no encoder (image -> embedding is off)")
+            out.append(("image", key, _image(inst, i, models, s.max_pixels)))
+        else:
+            raise BadRequest(f"instance {i}: needs 'embeddings' (or 'z') or 'image_bytes'")
+    return out
+
+
+async def predict(parsed, models: Models) -> list[dict]:
+    zs = [(j, v) for j, (kind, _, v) in enumerate(parsed) if kind == "z"]
+    ims = [(j, v) for j, (kind, _, v) in enumerate(parsed) if kind == "image"]
+    jobs = []
+    if zs:
+        jobs.append(models.g_batcher.submit(torch.tensor([v for _, v in zs], dtype=torch.float32)))
+    if ims:
+        jobs.append(models.e_batcher.submit(np.stack([v for _, v in ims])))
+    results = await asyncio.gather(*jobs)
+    preds: list[dict] = [{} for _ in parsed]
+    r = iter(results)
+    if zs:
+        images = next(r)
+        for (j, _), img in zip(zs, images):
+            preds[j] = {"key": parsed[j][1], "image_bytes": {"b64": png_b64(img)}}
+    if ims:
+        z, err = next(r)
+        for (j, _), zz, e in zip(ims, z, err):
+            preds[j] = {"key": parsed[j][1], "embeddings": [round(float(v), 6) for v in zz],
+                        "reconstruction_mse": float(e)}
+    return preds
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def create_app(models: Models, s: Settings) -> FastAPI:
+    app = FastAPI(title="DCGAN generator", docs_url=None, redoc_url=None)
+    open_paths = {"/healthz"}
+
+    @app.middleware("http")
+    async def api_key(request: Request, call_next):
+        if s.api_key and request.url.path not in open_paths:
+            given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+            if not hmac.compare_digest(given.encode(), s.api_key.encode()):
+                return error(401, "missing or wrong API key: send it as 'Authorization: Bearer <key>' or 'X-API-Key'")
+        return await call_next(request)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception):  # a bug answers 500 and the server stays up
+        return error(500, f"internal error ({type(e).__name__})")
+
+    async def read_body(request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > s.max_body_bytes:
+            raise OverflowError
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > s.max_body_bytes:
+                raise OverflowError
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @app.post(f"/v1/models/{s.name}:predict")
+    async def predict_route(request: Request):
+        try:
+            body = await read_body(request)
+        except OverflowError:
+            return error(413, f"body over {s.max_body_bytes} bytes: send fewer or smaller instances per request")
+        try:
+            parsed = parse_instances(body, models, s)
+            preds = await asyncio.wait_for(predict(parsed, models), s.timeout_s)
+        except BadRequest as e:
+            return error(400, str(e))
+        except asyncio.TimeoutError:
+            return error(504, f"the request took longer than {s.timeout_s:g} s; send fewer instances")
+        return JSONResponse({"predictions": preds})
+
+    @app.get(f"/v1/models/{s.name}")
+    async def metadata():
+        return {"name": s.name, "version": s.version, "ready": True, "nz": models.nz,
+                "image_size": models.size, "channels": models.channels, "encoder": models.E is not None,
+                "invert_steps": s.invert_steps if models.differentiable else 0, **s.extra}
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "model_calls": models.g_batcher.calls + (models.e_batcher.calls if models.e_batcher else 0)}
+
+    def _int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+        v = request.query_params.get(name, str(default))
+        try:
+            n = int(v)
+        except ValueError:
+            raise BadRequest(f"'{name}' must be an integer, got {v!r}") from None
+        if not lo <= n <= hi:
+            raise BadRequest(f"'{name}' must be in [{lo}, {hi}], got {n}")
+        return n
+
+    @app.get("/sample")
+    async def sample(request: Request):
+        try:
+            n, seed = _int(request, "n", 16, 1, 256), _int(request, "seed", 0, 0, 2**31 - 1)
+        except BadRequest as e:
+            return error(400, str(e))
+        z = generation.noise(n, models.nz, seed)
+        images = await asyncio.wait_for(models.g_batcher.submit(z), s.timeout_s)
+        if n == 1:
+            return Response(png_bytes(images[0]), media_type="image/png")
+        buf = io.BytesIO()
+        pictures.grid(images, nrow=min(n, 8)).save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png")
+
+    @app.get("/interpolate")
+    async def interpolate(request: Request):
+        try:
+            a, b = _int(request, "a", 0, 0, 2**31 - 1), _int(request, "b", 1, 0, 2**31 - 1)
+            t = float(request.query_params.get("t", "0.5"))
+            if not 0 <= t <= 1:
+                raise ValueError
+        except BadRequest as e:
+            return error(400, str(e))
+        except ValueError:
+            return error(400, "'t' must be a number in [0, 1]")
+        z = generation.slerp(generation.noise(1, models.nz, a)[0], generation.noise(1, models.nz, b)[0], t)
+        images = await asyncio.wait_for(models.g_batcher.submit(z[None].float()), s.timeout_s)
+        return Response(png_bytes(images[0]), media_type="image/png")
+
+    @app.get("/")
+    async def page():
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    return app

@@ -1,0 +1,35 @@
+"""export stage: the generator and the encoder as TorchScript (.ts) and ONNX (.onnx) in models/export/."""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan package lives at the repo root
+
+from dcgan import cli, export, params  # noqa: E402
+from dcgan import model as models  # noqa: E402
+
+GENERATOR_FILES = {"best": Path("models/generator_best.pt"), "last": Path("models/generator.pt")}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", type=Path, default=params.PARAMS_FILE)
+    ap.add_argument("--generator", type=Path, default=None, help="default: by the `generator` param")
+    ap.add_argument("--encoder", type=Path, default=Path("models/encoder.pt"))
+    ap.add_argument("--out", type=Path, default=Path("models/export"))
+    args = ap.parse_args()
+    p = params.load("export", args.params)
+    written = []
+    for path, kind in ((args.generator or GENERATOR_FILES[p["generator"]], "generator"), (args.encoder, "encoder")):
+        try:
+            m = models.load(path)
+        except (FileNotFoundError, ValueError) as e:
+            raise cli.UserError(str(e)) from None
+        if not isinstance(m, models.KINDS[kind]):
+            raise cli.UserError(f"'{path}' holds a {type(m).__name__.lower()}, not a {kind}")
+        written += export.export_all(m, args.out, kind)
+    print("wrote " + ", ".join(str(w) for w in written))
+
+
+if __name__ == "__main__":
+    cli.run(main)

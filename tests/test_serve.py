@@ -1,0 +1,229 @@
+"""The HTTP server: both request shapes of the cloud-prediction format, order, errors that never take it
+down, limits, the API key, batching, exported models, and the registry."""
+import asyncio
+import base64
+import io
+import json
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from dcgan import export, generation, pictures
+from dcgan.model import Encoder, Generator, init_weights, save
+from dcgan.serve.app import Models, Settings, create_app
+
+NZ = 100  # the request shape of the issue: 100 numbers
+
+
+def tiny_models():
+    torch.manual_seed(0)
+    G = Generator(32, 1, NZ, 8).apply(init_weights).eval()
+    E = Encoder(32, 1, NZ, 8).apply(init_weights).eval()
+    return G, E
+
+
+def client(settings=None, G=None, E="default", **kw):
+    g, e = tiny_models()
+    G = G or g
+    E = e if E == "default" else E
+    s = settings or Settings(**kw)
+    return TestClient(create_app(Models(G, dict(G.config) if hasattr(G, "config") else kw.get("config"), E, s), s))
+
+
+def jpeg_b64(seed=0, size=48, mode="RGB") -> str:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).convert(mode).save(buf, format="JPEG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def decode_png(b64: str) -> np.ndarray:
+    raw = base64.b64decode(b64)
+    assert raw.startswith(b"\x89PNG")
+    return np.array(Image.open(io.BytesIO(raw)))
+
+
+def test_both_request_shapes_exactly_as_written():
+    c = client()
+    z = [round(float(v), 4) for v in np.random.default_rng(0).standard_normal(NZ)]
+    r = c.post("/v1/models/generator:predict", json={"instances": [{"embeddings": z, "key": "0"}]})
+    assert r.status_code == 200
+    [p] = r.json()["predictions"]
+    assert p["key"] == "0" and decode_png(p["image_bytes"]["b64"]).shape == (32, 32)
+    G, _ = tiny_models()     # the image is G(z), as PNG
+    want = pictures.to_uint8(G(torch.tensor([z])))[0, 0]
+    assert np.array_equal(decode_png(p["image_bytes"]["b64"]), want)
+    r = c.post("/v1/models/generator:predict", json={"instances": [{"image_bytes": {"b64": jpeg_b64()}, "key": "0"}]})
+    assert r.status_code == 200
+    [p] = r.json()["predictions"]
+    assert p["key"] == "0" and len(p["embeddings"]) == NZ and all(isinstance(v, float) for v in p["embeddings"])
+    assert p["reconstruction_mse"] >= 0
+
+
+def test_predictions_come_in_request_order_with_keys_echoed():
+    c = client()
+    keys = ["a", "ünïcode ✓", "", "3", "x" * 500]
+    inst = [{"z": [0.1] * NZ, "key": keys[0]}, {"image_bytes": {"b64": jpeg_b64(1)}, "key": keys[1]},
+            {"embeddings": [0.0] * NZ, "key": keys[2]}, {"image_bytes": {"b64": jpeg_b64(2, mode="L")}, "key": keys[3]},
+            {"embeddings": [1] * NZ, "key": keys[4]}]
+    preds = c.post("/v1/models/generator:predict", json={"instances": inst}).json()["predictions"]
+    assert [p["key"] for p in preds] == keys
+    assert ["image_bytes" in p for p in preds] == [True, False, True, False, True]
+    # no key: the instance's index
+    preds = c.post("/v1/models/generator:predict", json={"instances": [{"z": [0] * NZ}] * 2}).json()["predictions"]
+    assert [p["key"] for p in preds] == ["0", "1"]
+
+
+def png_b64_of(w, h):
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), "red").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.parametrize("body,words", [
+    ({"instances": [{"z": [0] * NZ}, {"embeddings": [0] * 50, "key": "k"}]}, ["instance 1", "50 numbers", "takes 100"]),
+    ({"instances": [{"embeddings": ["a"] + [0] * (NZ - 1)}]}, ["instance 0", "'embeddings'[0]", "not a finite number"]),
+    ({"instances": [{"embeddings": [True] * NZ}]}, ["instance 0", "not a finite number"]),
+    ({"instances": [{"embeddings": "zeros"}]}, ["instance 0", "must be a list of 100 numbers"]),
+    ({"instances": [{"z": [0] * NZ}, {"z": [0] * NZ}, {"image_bytes": {"b64": "!!!"}}]}, ["instance 2", "not valid base64"]),
+    ({"instances": [{"image_bytes": {"b64": base64.b64encode(b"hello world").decode()}}]}, ["instance 0", "not a JPEG, PNG"]),
+    ({"instances": [{"image_bytes": {"b64": base64.b64encode(b"\x89PNG\r\n\x1a\nbroken").decode()}}]},
+     ["instance 0", "could not be used"]),
+    ({"instances": [{"image_bytes": {"b64": png_b64_of(300, 300)}}]}, ["instance 0", "pixels"]),
+    ({"instances": [{"image_bytes": "abc"}]}, ["instance 0", "image_bytes"]),
+    ({"instances": [{"key": 5, "z": [0] * NZ}]}, ["instance 0", "'key' must be a string"]),
+    ({"instances": [{"hello": 1}]}, ["instance 0", "needs 'embeddings'"]),
+    ({"instances": [3]}, ["instance 0", "must be an object"]),
+    ({"instances": []}, ["empty"]),
+    ({"inputs": []}, ['{"instances": [...]}']),
+])
+def test_bad_instances_get_400_naming_the_instance_and_the_server_stays_up(body, words):
+    c = client(max_pixels=256 * 256)
+    r = c.post("/v1/models/generator:predict", json=body)
+    assert r.status_code == 400
+    msg = r.json()["error"]
+    for w in words:
+        assert w in msg, msg
+    assert c.post("/v1/models/generator:predict", json={"instances": [{"z": [0] * NZ}]}).status_code == 200
+
+
+def test_not_json_and_too_large_bodies():
+    c = client(max_body_bytes=10_000)
+    r = c.post("/v1/models/generator:predict", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not JSON" in r.json()["error"]
+    big = json.dumps({"instances": [{"z": [0.123456] * NZ}] * 20}).encode()
+    assert len(big) > 10_000
+    r = c.post("/v1/models/generator:predict", content=big)
+    assert r.status_code == 413 and "10000 bytes" in r.json()["error"]
+
+    def chunks():                                  # no Content-Length: counted while streaming
+        for i in range(0, len(big), 1000):
+            yield big[i:i + 1000]
+    r = c.post("/v1/models/generator:predict", content=chunks())
+    assert r.status_code == 413
+
+
+class Slow(torch.nn.Module):
+    def __init__(self, G, seconds):
+        super().__init__()
+        self.G, self.seconds, self.config = G, seconds, G.config
+
+    def forward(self, z):
+        time.sleep(self.seconds)
+        return self.G(z)
+
+
+def test_slow_request_gets_504_and_the_next_one_is_answered():
+    G, _ = tiny_models()
+    c = client(G=Slow(G, 0.5), timeout_s=0.1)
+    r = c.post("/v1/models/generator:predict", json={"instances": [{"z": [0] * NZ}]})
+    assert r.status_code == 504 and "longer than 0.1 s" in r.json()["error"]
+    c2 = client(G=Slow(G, 0.01), timeout_s=5)
+    assert c2.post("/v1/models/generator:predict", json={"instances": [{"z": [0] * NZ}]}).status_code == 200
+
+
+def test_api_key_is_required_when_set():
+    c = client(api_key="s3cret")
+    body = {"instances": [{"z": [0] * NZ}]}
+    assert c.post("/v1/models/generator:predict", json=body).status_code == 401
+    assert c.post("/v1/models/generator:predict", json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert c.get("/v1/models/generator").status_code == 401 and c.get("/").status_code == 401
+    assert c.post("/v1/models/generator:predict", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert c.get("/v1/models/generator", headers={"X-API-Key": "s3cret"}).status_code == 200
+    assert c.get("/healthz").status_code == 200   # for load balancers
+
+
+def test_metadata_health_sample_interpolate_page():
+    c = client()
+    meta = c.get("/v1/models/generator").json()
+    assert meta["name"] == "generator" and meta["ready"] is True and meta["nz"] == NZ and meta["encoder"] is True
+    assert c.get("/healthz").json()["status"] == "ok"
+    r = c.get("/sample?n=4&seed=3")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert c.get("/sample?n=4&seed=3").content == r.content          # seeded
+    assert c.get("/sample?n=4&seed=4").content != r.content
+    one = np.array(Image.open(io.BytesIO(c.get("/sample?n=1&seed=3").content)))
+    G, _ = tiny_models()
+    assert np.array_equal(one, pictures.to_uint8(G(generation.noise(1, NZ, 3)))[0, 0])
+    ends = [c.get(f"/interpolate?a=3&b=9&t={t}").content for t in (0, 0.5, 1)]
+    assert ends[0] == c.get("/sample?n=1&seed=3").content and ends[2] == c.get("/sample?n=1&seed=9").content
+    assert ends[1] not in (ends[0], ends[2])
+    for bad in ("/sample?n=0", "/sample?n=abc", "/sample?seed=-1", "/interpolate?t=2", "/interpolate?a=x"):
+        assert c.get(bad).status_code == 400, bad
+    assert "<title>DCGAN generator</title>" in c.get("/").text
+
+
+def test_concurrent_requests_are_batched_into_fewer_model_calls():
+    G, E = tiny_models()
+    s = Settings(max_batch=64, max_wait_ms=50)
+    models = Models(G, dict(G.config), E, s)
+    app = create_app(models, s)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as ac:
+            reqs = [ac.post("/v1/models/generator:predict", json={"instances": [{"z": [i / 10] * NZ, "key": str(i)}]})
+                    for i in range(16)]
+            return await asyncio.gather(*reqs)
+    responses = asyncio.run(go())
+    assert all(r.status_code == 200 for r in responses)
+    assert [r.json()["predictions"][0]["key"] for r in responses] == [str(i) for i in range(16)]
+    assert models.g_batcher.rows == 16 and models.g_batcher.calls <= 4
+    # each got its own image: G(z_i), not a neighbour's
+    imgs = [decode_png(r.json()["predictions"][0]["image_bytes"]["b64"]) for r in responses]
+    want = pictures.to_uint8(G(torch.tensor([[i / 10] * NZ for i in range(16)])))[:, 0]
+    assert all(np.array_equal(a, b) for a, b in zip(imgs, want))
+
+
+def test_refinement_after_the_encoder_lowers_the_error():
+    c0, c1 = client(invert_steps=0), client(invert_steps=30)
+    body = {"instances": [{"image_bytes": {"b64": jpeg_b64(i)}} for i in range(3)]}
+    e0 = [p["reconstruction_mse"] for p in c0.post("/v1/models/generator:predict", json=body).json()["predictions"]]
+    e1 = [p["reconstruction_mse"] for p in c1.post("/v1/models/generator:predict", json=body).json()["predictions"]]
+    assert all(b < a for a, b in zip(e0, e1))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_server_serves_exported_files(tmp_path, fmt):
+    G, E = tiny_models()
+    suffix = export.FORMATS[fmt]
+    write = export.export_onnx if fmt == "onnx" else export.export_torchscript
+    write(G, tmp_path / f"g{suffix}")
+    write(E, tmp_path / f"e{suffix}")
+    g_run, _, g_cfg = export.load_runnable(tmp_path / f"g{suffix}")
+    e_run, _, _ = export.load_runnable(tmp_path / f"e{suffix}")
+    s = Settings()
+    c = TestClient(create_app(Models(g_run, g_cfg, e_run, s), s))
+    z = [0.05 * (i % 7) for i in range(NZ)]
+    r = c.post("/v1/models/generator:predict", json={"instances": [{"z": z}, {"image_bytes": {"b64": jpeg_b64()}}]})
+    assert r.status_code == 200
+    img, enc = r.json()["predictions"]
+    eager = pictures.to_uint8(G(torch.tensor([z])))[0, 0]
+    got = decode_png(img["image_bytes"]["b64"]).astype(int)
+    assert np.abs(got - eager).max() <= 1       # float rounding may move a pixel by one level
+    assert len(enc["embeddings"]) == NZ
