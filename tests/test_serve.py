@@ -1,6 +1,9 @@
 """The HTTP server: both request shapes of the cloud-prediction format, order, errors that never take it
 down, limits, the API key, batching, exported models, and the registry."""
 import asyncio
+import os
+import subprocess
+import sys
 import base64
 import io
 import json
@@ -13,6 +16,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from conftest import ROOT
 from dcgan import export, generation, pictures
 from dcgan.model import Encoder, Generator, init_weights, save
 from dcgan.serve.app import Models, Settings, create_app
@@ -227,3 +231,43 @@ def test_server_serves_exported_files(tmp_path, fmt):
     got = decode_png(img["image_bytes"]["b64"]).astype(int)
     assert np.abs(got - eager).max() <= 1       # float rounding may move a pixel by one level
     assert len(enc["embeddings"]) == NZ
+
+
+def test_public_host_needs_an_api_key(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "dcgan.serve", "--host", "0.0.0.0", "--model", "models/none.pt"],
+                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "DCGAN_API_KEY": ""})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "DCGAN_API_KEY" in r.stderr
+
+
+def test_registry_version_and_stage_resolve_through_dvc(tmp_path):
+    """A version tag and a stage tag name commits; the file comes from the DVC remote (the cache is emptied)."""
+    from conftest import sh
+    from dcgan.errors import UserError
+    from dcgan.serve import registry
+
+    repo, remote = tmp_path / "repo", tmp_path / "remote"
+    repo.mkdir()
+    sh("git init -q && dvc init -q && dvc remote add -d store " + str(remote), repo)
+    (repo / "dvc.yaml").write_text("artifacts:\n  generator:\n    path: models/generator.pt\n    type: model\n")
+    (repo / "models").mkdir()
+    versions = {}
+    for i, tag in enumerate(["v0.1.0", "v0.2.0"]):
+        torch.manual_seed(i)
+        save(Generator(32, 1, 16, 8).apply(init_weights), repo / "models/generator.pt")
+        versions[tag] = (repo / "models/generator.pt").read_bytes()
+        sh(f"dvc add -q models/generator.pt && dvc push -q && git add -A && git commit -qm {tag} "
+           f"&& git tag -a generator@{tag} -m {tag}", repo)
+    sh("git tag -a 'generator#prod#1' -m prod generator@v0.1.0^{}", repo)
+    sh("rm -rf .dvc/cache models/generator.pt", repo)
+    cache = tmp_path / "serve-cache"
+    for spec, stage, want, label in (("generator@v0.2.0", None, "v0.2.0", "v0.2.0"),
+                                     ("generator@v0.1.0", None, "v0.1.0", "v0.1.0"),
+                                     ("generator", "prod", "v0.1.0", "prod:")):
+        path, version = registry.resolve(spec, stage, repo, cache)
+        assert path.read_bytes() == versions[want] and version.startswith(label)
+    with pytest.raises(UserError, match="generator@v9.9.9 not found"):
+        registry.resolve("generator@v9.9.9", None, repo, cache)
+    with pytest.raises(UserError, match="needs an artifact name"):
+        registry.resolve(str(tmp_path / "x.pt"), "prod", repo, cache)
+    with pytest.raises(UserError, match="not found: give a file"):
+        registry.resolve("models/missing.pt", None, repo, cache)

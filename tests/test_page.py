@@ -1,0 +1,101 @@
+"""The page at / in a real headless browser (Debian's chromium + chromedriver, driven by Selenium): pick a
+seed, move the interpolation slider, upload an image; screenshot; check that images came back."""
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
+                                reason="no headless browser here: apt-get install -y chromium chromium-driver")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    import torch
+    from dcgan.model import Encoder, Generator, init_weights, save
+
+    torch.manual_seed(0)
+    save(Generator(32, 3, 16, 8).apply(init_weights), tmp_path / "g.pt")
+    save(Encoder(32, 3, 16, 8).apply(init_weights), tmp_path / "e.pt")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "dcgan.serve", "--model", str(tmp_path / "g.pt"),
+                             "--encoder", str(tmp_path / "e.pt"), "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            pytest.fail(proc.stdout.read())
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_page_in_a_headless_browser(server, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1200",
+              "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    try:
+        wait = WebDriverWait(driver, 30)
+        loaded = "const i = document.getElementById(arguments[0]); return i.complete && i.naturalWidth > 0;"
+        driver.get(server + "/")
+        wait.until(lambda d: d.execute_script(loaded, "seed-img") and d.execute_script(loaded, "lerp-img"))
+        first = driver.find_element(By.ID, "seed-img").get_attribute("src")
+        seed = driver.find_element(By.ID, "seed")      # type a seed, press show: a new image arrives
+        seed.clear()
+        seed.send_keys("7")
+        driver.find_element(By.ID, "show").click()
+        wait.until(lambda d: d.find_element(By.ID, "seed-img").get_attribute("src") != first
+                   and d.execute_script(loaded, "seed-img"))
+        lerp = driver.find_element(By.ID, "lerp-img").get_attribute("src")
+        slider = driver.find_element(By.ID, "t")      # drag the slider with the keyboard: a new in-between image
+        slider.send_keys(Keys.ARROW_RIGHT, Keys.ARROW_RIGHT)
+        wait.until(lambda d: d.find_element(By.ID, "lerp-img").get_attribute("src") != lerp
+                   and d.execute_script(loaded, "lerp-img"))
+        photo = tmp_path / "photo.png"                # an image in: its reconstruction and embedding out
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photo)
+        driver.find_element(By.ID, "file").send_keys(str(photo))
+        wait.until(lambda d: d.execute_script(loaded, "recon-img"))
+        assert driver.find_element(By.ID, "embedding").text.count(",") == 15   # 16 numbers
+        assert float(driver.find_element(By.ID, "mse").text) >= 0
+        assert driver.find_element(By.ID, "error").text == ""
+        shot = tmp_path / "page.png"
+        driver.save_screenshot(str(shot))
+        if os.environ.get("DCGAN_PAGE_SCREENSHOT"):   # where a person wants to look at it
+            shutil.copy(shot, os.environ["DCGAN_PAGE_SCREENSHOT"])
+    finally:
+        driver.quit()
+    img = np.array(Image.open(shot).convert("RGB"))
+    assert img.shape[0] > 500 and img.shape[1] > 500
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50    # pictures on it, not a blank page
