@@ -17,7 +17,7 @@ POKEMON = ROOT.parent / "shared" / "datasets" / "pokemon"
 # Small enough that the whole DAG runs in seconds on 2 CPU cores.
 TINY = {
     "epochs": 1, "nz": 16, "ngf": 8, "ndf": 8, "batch_size": 64, "device": "cpu",
-    "num_images": 64, "invert_steps": 20, "memorisation_k": 16,
+    "num_images": 64, "invert_steps": 20, "memorisation_k": 16, "encoder_steps": 20,
 }
 
 

@@ -18,13 +18,15 @@ def ran_stages(out: str) -> set:
 
 def test_repro_full_dag_then_nothing_then_only_downstream_of_a_generate_param(repo):
     r = sh("dvc repro", repo)
-    assert ran_stages(r.stdout) == {"demo", "prepare", "train", "generate", "evaluate"}
+    assert ran_stages(r.stdout) == {"demo", "prepare", "train", "encoder", "export", "generate", "evaluate"}
 
     manifest = json.loads((repo / "data/prepared/manifest.json").read_text())
     assert manifest["counts"]["skipped"] == 0 and sum(manifest["counts"][s] for s in ("train", "val", "test")) == 5000
     train = np.load(repo / "data/prepared/train.npy", allow_pickle=False)
     assert train.dtype == np.uint8 and train.shape[1:] == (1, 32, 32)
-    for f in ("models/generator.pt", "models/discriminator.pt", "models/checkpoint.pt", "metrics/train.json",
+    for f in ("models/generator.pt", "models/generator_best.pt", "models/discriminator.pt", "models/checkpoint.pt",
+              "models/encoder.pt", "models/export/generator.onnx", "models/export/generator.ts",
+              "models/export/encoder.onnx", "models/export/encoder.ts", "metrics/train.json", "metrics/encoder.json",
               "metrics/eval.json", "data/generated/grid.png", "data/generated/interpolation.png"):
         assert (repo / f).is_file(), f
     assert len(list((repo / "data/generated/images").glob("*.png"))) == 64
@@ -43,8 +45,16 @@ def test_repro_full_dag_then_nothing_then_only_downstream_of_a_generate_param(re
     assert len(list((repo / "data/generated/images").glob("*.png"))) == 80
     assert json.loads((repo / "metrics/eval.json").read_text())["n_generated"] == 80
 
-    shown = json.loads(sh("dvc metrics show --json", repo).stdout)
-    assert "swd" in json.dumps(shown) and "loss_g" in json.dumps(shown)
+    shown = json.dumps(json.loads(sh("dvc metrics show --json", repo).stdout))
+    for key in ("swd", "loss_g", "best_swd", "encoder_latent_mse", "inversion_mse_encoder",
+                "inversion_mse_encoder_refined", "inversion_mse_refined", "inversion_s_encoder"):
+        assert key in shown, key
+    ev = json.loads((repo / "metrics/eval.json").read_text())
+    assert ev["inversion_mse_encoder_refined"] <= ev["inversion_mse_encoder"]   # refinement starts from E(x)
+
+    set_params(repo, generator="last")   # which generator: encoder, export, generate and evaluate follow
+    r = sh("dvc repro", repo)
+    assert ran_stages(r.stdout) == {"encoder", "export", "generate", "evaluate"}
 
 
 def test_invalid_param_stops_dvc_repro_with_the_key_named(repo):

@@ -150,6 +150,26 @@ def test_train_on_a_missing_gpu(ws, tmp_path):
                           "'device'", "cuda:1")
 
 
+# ---------------------------------------------------------------- encoder, export
+
+def test_encoder_without_a_generator(ws, tmp_path):
+    r = run("encoder.py", "--params", ws / "params.yaml", "--generator", tmp_path / "g.pt",
+            "--out", tmp_path / "e.pt", "--summary", tmp_path / "e.json", cwd=ws)
+    assert_one_line_error(r, "g.pt", "not found")
+
+
+def test_encoder_given_the_discriminator(ws, tmp_path):
+    r = run("encoder.py", "--params", ws / "params.yaml", "--generator", ws / "models/discriminator.pt",
+            "--out", tmp_path / "e.pt", "--summary", tmp_path / "e.json", cwd=ws)
+    assert_one_line_error(r, "discriminator.pt", "not a generator")
+
+
+def test_export_without_an_encoder(ws, tmp_path):
+    r = run("export.py", "--params", ws / "params.yaml", "--generator", ws / "models/generator.pt",
+            "--encoder", tmp_path / "missing.pt", "--out", tmp_path / "export", cwd=ws)
+    assert_one_line_error(r, "missing.pt", "not found")
+
+
 # ---------------------------------------------------------------- generate
 
 def _gen(ws, cmd: str, *args):

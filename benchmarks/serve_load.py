@@ -1,0 +1,163 @@
+"""Load on the HTTP server: N concurrent clients on loopback for a bounded time.
+
+    python benchmarks/serve_load.py [--clients 16] [--seconds 20] [--instances 8] [--image-share 0.25]
+
+The server (`python -m dcgan.serve`, a separate process, default settings) serves the demo model:
+models/generator_best.pt and models/encoder.pt when `make run` has made them, else untrained models of
+the demo's shape (32 px grey, nz 100, width 64: the same compute). Each client sends requests back to back,
+each with `--instances` instances: embedding -> image, or with probability `--image-share` image -> embedding
+(a real digit-sized PNG, encoder alone). Before the load, in this process, the raw batched generator
+throughput is measured at the server's batch size (G alone, no HTTP, no PNG). Prints p50/p99 latency,
+images/s, errors, the server's resident memory after warm-up and at the end; the last line is JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from dcgan import model as models  # noqa: E402
+
+
+def demo_models(tmp: Path) -> tuple[Path, Path, str]:
+    g, e = ROOT / "models/generator_best.pt", ROOT / "models/encoder.pt"
+    if g.is_file() and e.is_file():
+        return g, e, "trained demo model"
+    torch.manual_seed(0)
+    models.save(models.Generator(32, 1, 100, 64).apply(models.init_weights), tmp / "g.pt")
+    models.save(models.Encoder(32, 1, 100, 64).apply(models.init_weights), tmp / "e.pt")
+    return tmp / "g.pt", tmp / "e.pt", "untrained models of the demo's shape (run `make run` for the trained one)"
+
+
+def raw_throughput(g_path: Path, batch: int, seconds: float = 3.0) -> float:
+    G = models.load(g_path)
+    z = torch.randn(batch, G.nz)
+    with torch.no_grad():
+        for _ in range(5):
+            G(z)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            G(z)
+            n += batch
+    return n / (time.perf_counter() - t0)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def digit_png_b64() -> str:
+    img = np.full((28, 28), 255, np.uint8)
+    img[6:22, 12:16] = 0   # a "1"
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+async def client(url: str, until: float, args, lat: list, errors: list, counts: list, rng: random.Random):
+    png = digit_png_b64()
+    async with httpx.AsyncClient(timeout=30) as c:
+        while time.perf_counter() < until:
+            if rng.random() < args.image_share:
+                inst = [{"image_bytes": {"b64": png}, "key": str(i)} for i in range(args.instances)]
+            else:
+                inst = [{"embeddings": [rng.gauss(0, 1) for _ in range(100)], "key": str(i)}
+                        for i in range(args.instances)]
+            t0 = time.perf_counter()
+            try:
+                r = await c.post(url, json={"instances": inst})
+                ok = r.status_code == 200 and len(r.json()["predictions"]) == args.instances
+            except httpx.HTTPError as e:
+                ok, r = False, e
+            lat.append(time.perf_counter() - t0)
+            if ok:
+                counts.append(args.instances)
+            else:
+                errors.append(str(getattr(r, "status_code", r)))
+
+
+async def load(url: str, args) -> tuple[list, list, list, float]:
+    lat, errors, counts = [], [], []
+    t0 = time.perf_counter()
+    until = t0 + args.seconds
+    await asyncio.gather(*(client(url, until, args, lat, errors, counts, random.Random(i))
+                           for i in range(args.clients)))
+    return lat, errors, counts, time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--instances", type=int, default=8, help="instances per request")
+    ap.add_argument("--image-share", type=float, default=0.25, help="share of image -> embedding requests")
+    ap.add_argument("--max-batch", type=int, default=64)
+    args = ap.parse_args()
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        g, e, which = demo_models(Path(tmp))
+        raw = raw_throughput(g, args.max_batch)
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "dcgan.serve", "--model", str(g), "--encoder", str(e),
+                                 "--port", str(port), "--max-batch", str(args.max_batch)], cwd=ROOT)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            for _ in range(600):
+                try:
+                    if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            url = base + "/v1/models/generator:predict"
+            warm = argparse.Namespace(**{**vars(args), "seconds": 2})
+            asyncio.run(load(url, warm))                     # warm-up: allocator, thread pools
+            rss_start = rss_mb(proc.pid)
+            lat, errors, counts, wall = asyncio.run(load(url, args))
+            rss_end = rss_mb(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    lat_ms = np.array(lat) * 1000
+    imgs = sum(counts) / wall
+    res = {"model": which, "clients": args.clients, "seconds": args.seconds, "instances_per_request": args.instances,
+           "image_share": args.image_share, "requests": len(lat), "errors": len(errors),
+           "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)),
+           "http_images_per_s": imgs, "raw_generator_images_per_s": raw, "ratio": imgs / raw,
+           "rss_start_mb": rss_start, "rss_end_mb": rss_end, "rss_growth": rss_end / rss_start - 1,
+           "device": "cpu", "cores": len(__import__("os").sched_getaffinity(0))}
+    print(f"{which}; {args.clients} clients x {args.seconds:g} s, {args.instances} instances per request "
+          f"({args.image_share:.0%} image -> embedding)")
+    print(f"requests {len(lat)}, errors {len(errors)}{' ' + str(sorted(set(errors))[:5]) if errors else ''}")
+    print(f"latency p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms")
+    print(f"HTTP {imgs:.0f} images/s vs raw batched generator {raw:.0f} images/s: {res['ratio']:.2f}")
+    print(f"server memory {rss_start:.0f} MB after warm-up -> {rss_end:.0f} MB at the end ({res['rss_growth']:+.1%})")
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
