@@ -6,7 +6,7 @@ The server (`python -m dcgan.serve`, a separate process, default settings) serve
 models/generator_best.pt and models/encoder.pt when `make run` has made them, else untrained models of
 the demo's shape (32 px grey, nz 100, width 64: the same compute). Each client sends requests back to back,
 each with `--instances` instances: embedding -> image, or with probability `--image-share` image -> embedding
-(a real digit-sized PNG, encoder alone). Before the load, in this process, the raw batched generator
+(a digit-sized PNG; the encoder alone unless --invert-steps). Before the load, in this process, the raw batched generator
 throughput is measured at the server's batch size (G alone, no HTTP, no PNG). Prints p50/p99 latency,
 images/s, errors, the server's resident memory after warm-up and at the end; the last line is JSON.
 """
@@ -117,6 +117,7 @@ def main():
     ap.add_argument("--instances", type=int, default=8, help="instances per request")
     ap.add_argument("--image-share", type=float, default=0.25, help="share of image -> embedding requests")
     ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--invert-steps", type=int, default=0, help="server's refinement after the encoder")
     args = ap.parse_args()
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,7 +125,8 @@ def main():
         raw = raw_throughput(g, args.max_batch)
         port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "dcgan.serve", "--model", str(g), "--encoder", str(e),
-                                 "--port", str(port), "--max-batch", str(args.max_batch)], cwd=ROOT)
+                                 "--port", str(port), "--max-batch", str(args.max_batch),
+                                 "--invert-steps", str(args.invert_steps)], cwd=ROOT)
         try:
             base = f"http://127.0.0.1:{port}"
             for _ in range(600):
@@ -144,7 +146,7 @@ def main():
             proc.wait(10)
     lat_ms = np.array(lat) * 1000
     imgs = sum(counts) / wall
-    res = {"model": which, "clients": args.clients, "seconds": args.seconds, "instances_per_request": args.instances,
+    res = {"model": which, "invert_steps": args.invert_steps, "clients": args.clients, "seconds": args.seconds, "instances_per_request": args.instances,
            "image_share": args.image_share, "requests": len(lat), "errors": len(errors),
            "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)),
            "http_images_per_s": imgs, "raw_generator_images_per_s": raw, "ratio": imgs / raw,

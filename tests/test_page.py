@@ -36,7 +36,8 @@ def server(tmp_path):
     save(Encoder(32, 3, 16, 8).apply(init_weights), tmp_path / "e.pt")
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dcgan.serve", "--model", str(tmp_path / "g.pt"),
-                             "--encoder", str(tmp_path / "e.pt"), "--port", str(port)], cwd=ROOT,
+                             "--encoder", str(tmp_path / "e.pt"), "--port", str(port), "--invert-steps", "5"],
+                            cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     import httpx

@@ -48,7 +48,20 @@ def load(spec: str, stage: str | None, repo: str, want: str):
     return model, config, version, path
 
 
+def invert_steps(args) -> int:
+    """--invert-steps, else params.yaml's invert_steps (as `generate invert`), else 0."""
+    if args.invert_steps is not None:
+        if args.invert_steps < 0:
+            raise UserError(f"--invert-steps must be >= 0, got {args.invert_steps}")
+        return args.invert_steps
+    from .. import params
+    if Path(params.PARAMS_FILE).is_file():
+        return params.validate(params.read(params.PARAMS_FILE), ["invert_steps"])["invert_steps"]
+    return 0
+
+
 def build(args) -> tuple:
+    args.invert_steps = invert_steps(args)
     s = Settings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_bytes,
                  timeout_s=args.timeout_s, invert_steps=args.invert_steps, api_key=os.environ.get(API_KEY_ENV) or None)
     if not is_loopback(args.host) and not s.api_key:
@@ -82,7 +95,8 @@ def main():
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--max-body-bytes", type=int, default=8 << 20)
     ap.add_argument("--timeout-s", type=float, default=30.0)
-    ap.add_argument("--invert-steps", type=int, default=0, help="refinement after the encoder (0 = encoder alone)")
+    ap.add_argument("--invert-steps", type=int, default=None,
+                    help="refinement steps after the encoder (0 = encoder alone); default: params.yaml's invert_steps")
     args = ap.parse_args()
     models, settings = build(args)
     import uvicorn
