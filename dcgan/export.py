@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .errors import brief
-from .model import Encoder, Generator
+from .model import Generator
 
 FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}
 ONNX_OPSET = 17

@@ -18,6 +18,8 @@ from .errors import brief
 from .files import atomic_torch_save
 
 MAX_WIDTH_MULT = 8  # as in the paper's 64px model; caps the width of 128/256px models
+# The train stage's two generators; the `generator` param picks one for encoder, export, generate, evaluate
+GENERATOR_FILES = {"best": Path("models/generator_best.pt"), "last": Path("models/generator.pt")}
 
 
 def _widths(image_size: int, base: int) -> list[int]:

@@ -11,7 +11,6 @@ from dcgan import model as models  # noqa: E402
 from dcgan.device import pick_device  # noqa: E402
 from dcgan.files import atomic_write_text  # noqa: E402
 
-MODEL_FILES = {"best": Path("models/generator_best.pt"), "last": Path("models/generator.pt")}
 BATCH = 64
 
 
@@ -28,7 +27,7 @@ def main():
         device = pick_device(p["device"])
     except ValueError as e:
         raise params.ParamError(f"{args.params}: 'device' {e}") from None
-    path = args.generator or MODEL_FILES[p["generator"]]
+    path = args.generator or models.GENERATOR_FILES[p["generator"]]
     try:
         G = models.load(path, device)
     except (FileNotFoundError, ValueError) as e:

@@ -9,8 +9,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan packag
 from dcgan import cli, data, evaluation, model, params  # noqa: E402
 from dcgan.device import pick_device  # noqa: E402
 
-GENERATOR_FILES = {"best": Path("models/generator_best.pt"), "last": Path("models/generator.pt")}
-
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
@@ -51,7 +49,7 @@ def main():
     except ValueError as e:
         raise cli.UserError(str(e)) from None
     G = E = None
-    g_path = args.generator or GENERATOR_FILES[p["generator"]]
+    g_path = args.generator or model.GENERATOR_FILES[p["generator"]]
     if args.encoder.is_file() and g_path.is_file():
         try:
             G, E = model.load(g_path, device), model.load(args.encoder, device)

@@ -8,7 +8,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan packag
 from dcgan import cli, export, params  # noqa: E402
 from dcgan import model as models  # noqa: E402
 
-GENERATOR_FILES = {"best": Path("models/generator_best.pt"), "last": Path("models/generator.pt")}
 
 
 def main():
@@ -20,7 +19,7 @@ def main():
     args = ap.parse_args()
     p = params.load("export", args.params)
     written = []
-    for path, kind in ((args.generator or GENERATOR_FILES[p["generator"]], "generator"), (args.encoder, "encoder")):
+    for path, kind in ((args.generator or models.GENERATOR_FILES[p["generator"]], "generator"), (args.encoder, "encoder")):
         try:
             m = models.load(path)
         except (FileNotFoundError, ValueError) as e:

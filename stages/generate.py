@@ -27,7 +27,6 @@ from dcgan.device import pick_device  # noqa: E402
 from dcgan import model as models  # noqa: E402
 
 DEFAULTS = {"num_images": 64, "generate_seed": 1, "invert_steps": 100, "device": "auto", "generator": "best"}
-MODEL_FILES = {"best": Path("models/generator_best.pt"), "last": Path("models/generator.pt")}
 INVERSION_DEMO = 8  # held-out test images projected by the DVC stage, to show the round trip
 
 
@@ -47,10 +46,10 @@ def model_path(args, p) -> Path:
     """--model when given; else the `generator` param: best (generator_best.pt) or last (generator.pt)."""
     if args.model is not None:
         return args.model
-    path = MODEL_FILES[p["generator"]]
-    if not path.is_file() and MODEL_FILES["last"].is_file():
-        print(f"{path} not found (trained before the best generator was kept): using {MODEL_FILES['last']}")
-        return MODEL_FILES["last"]
+    path = models.GENERATOR_FILES[p["generator"]]
+    if not path.is_file() and models.GENERATOR_FILES["last"].is_file():
+        print(f"{path} not found (trained before the best generator was kept): using {models.GENERATOR_FILES['last']}")
+        return models.GENERATOR_FILES["last"]
     return path
 
 

@@ -1,6 +1,5 @@
 """The page at / in a real headless browser (Debian's chromium + chromedriver, driven by Selenium): pick a
 seed, move the interpolation slider, upload an image; screenshot; check that images came back."""
-import io
 import os
 import shutil
 import socket

@@ -23,7 +23,9 @@ API_KEY_ENV = "DCGAN_API_KEY"
 
 
 def default_generator() -> str:
-    return "models/generator_best.pt" if Path("models/generator_best.pt").is_file() else "models/generator.pt"
+    from ..model import GENERATOR_FILES
+    best = GENERATOR_FILES["best"]
+    return str(best if best.is_file() else GENERATOR_FILES["last"])
 
 
 def is_loopback(host: str) -> bool:
