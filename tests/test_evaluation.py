@@ -30,7 +30,7 @@ EXPECTED_KEYS = {
     "memorisation_median_distance_test", "memorisation_ratio", "wall_s",
 }
 FID_KEYS = {"fid", "kid", "kid_std", "fid_floor", "kid_floor"}
-PARAMS = {"fid_weights": "", "memorisation_k": 12, "device": "cpu", "seed": 0}
+PARAMS = {"fid_weights": "", "memorisation_k": 12, "device": "cpu", "seed": 0, "invert_steps": 5, "generator": "best"}
 
 
 def tiny_models(seed: int = 0):

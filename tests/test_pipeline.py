@@ -148,7 +148,8 @@ def test_queued_grid_of_four_experiments_runs_each_to_the_end(tmp_path):
 
 
 def test_a_long_run_keeps_git_small_and_the_grids_in_the_dvc_cache(tmp_path):
-    repo = copy_repo(tmp_path / "repo", params={"epochs": 300, "batch_size": 32, "sample_every": "auto"},
+    repo = copy_repo(tmp_path / "repo", params={"epochs": 300, "batch_size": 32, "sample_every": "auto",
+                                                "eval_every": 100},
                      demo_limit=100)
     sh("dvc repro", repo)
     sh("git add -A", repo)

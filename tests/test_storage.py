@@ -407,7 +407,7 @@ def test_fresh_clone_pulls_byte_identical_and_restores_each_commit(project, tmp_
 
 def test_pull_one_stage_then_fetch(project, tmp_path):
     c = clone(project, tmp_path / "clone")
-    project.srv.dvc("pull train", c)                                             # that stage's outputs only
+    project.srv.dvc("pull train encoder export", c)                              # those stages' outputs only
     assert_same(c, project.h2, "models")
     assert not (c / "data" / "prepared").exists() and not (c / "data" / "demo").exists()
 
