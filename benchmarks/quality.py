@@ -42,6 +42,7 @@ CONFIGS = {
     "diffaugment_ema": {**PLAIN, "diffaugment": "color,translation,cutout", "ema_halflife": 10_000},
     "diffaugment_ema_hinge_sn": {**PLAIN, "diffaugment": "color,translation,cutout", "ema_halflife": 10_000,
                                  "loss": "hinge", "spectral_norm": True},
+    "translation_ema": {**PLAIN, "diffaugment": "translation", "ema_halflife": 10_000},
     "diffaugment_ema_r1": {**PLAIN, "diffaugment": "color,translation,cutout", "ema_halflife": 10_000,
                            "r1_gamma": 0.1},
 }
@@ -66,6 +67,8 @@ def main():
     ap.add_argument("--configs", default="plain,diffaugment_ema,diffaugment_ema_hinge_sn")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json")
+    ap.add_argument("--merge", action="store_true",
+                    help="add these configurations to --out (same data and budget) instead of replacing it")
     args = ap.parse_args()
     if not args.data.is_dir():
         sys.exit(f"--data {args.data} not found (the Pokemon sprites live in ../shared/datasets/pokemon/images)")
@@ -87,6 +90,11 @@ def main():
                "channels": args.channels, "images_seen": seen, "epochs": epochs, "batch_size": bs,
                "n_train": len(train), "n_val": len(val), "n_test": len(test), "swd_floor": floor,
                "scored_images": SCORED, "configs": {}}
+    if args.merge and args.out.is_file():
+        before = json.loads(args.out.read_text())
+        if before.get("images_seen") != seen or before.get("image_size") != args.image_size:
+            sys.exit(f"--merge: {args.out} has another budget or image size")
+        results["configs"] = before["configs"]
     for name in args.configs.split(","):
         cfg = CONFIGS[name]
         row = {"params": cfg, "seeds": [], "swd_best": [], "swd_last": [], "best_epoch": [], "wall_s": []}

@@ -4,6 +4,12 @@ The half-life is counted in images, so it means the same at any batch size: afte
 images, ema = lerp(G, ema, beta) with beta = 0.5 ** (batch / half_life). With a ramp-up, the half-life is
 at most `rampup` x images seen so far, so the average does not drag the random initial weights along
 early in training. Buffers (BatchNorm's running statistics) are copied, not averaged.
+
+Copied statistics belong to G's weights, not to the averaged ones: used as they are, they mis-normalise the
+EMA generator (measured: SWD 68-114 against 48-77 for G itself on the Pokemon sprites). So before the EMA
+is used (grids, scores, saved models), `recalibrate` recomputes them for the EMA weights from a few batches
+of its own samples (BigGAN's "standing statistics"), with a private RNG so training's random stream is
+untouched.
 """
 from __future__ import annotations
 
@@ -38,6 +44,27 @@ class EMA:
         torch._foreach_lerp_(self.dst_params, self.src_params, 1.0 - b)  # one kernel per dtype, no Python loop
         for d, s in zip(self.dst_buffers, self.src_buffers):
             d.copy_(s)
+
+    @torch.no_grad()
+    def recalibrate(self, batches: int = 16, batch: int = 64, seed: int = 0) -> nn.Module:
+        """BatchNorm running statistics of the EMA weights (cumulative over `batches` batches of noise).
+        Returns the EMA model, in eval mode."""
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return self.model
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None                    # a cumulative average over the batches below
+        device = next(self.model.parameters()).device
+        gen = torch.Generator(device).manual_seed(seed)
+        nz = self.model.config["nz"]
+        self.model.train()
+        for _ in range(batches):
+            self.model(torch.randn(batch, nz, device=device, generator=gen))
+        for m, mom in zip(norms, momenta):
+            m.momentum = mom
+        return self.model.eval()
 
     def state_dict(self) -> dict:
         return self.model.state_dict()

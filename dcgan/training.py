@@ -60,7 +60,8 @@ def write_outputs(G, D, best: Best, summary: dict, models_dir: Path, summary_pat
 
 
 def published(G, ema: EMA | None):
-    return ema.model if ema is not None else G
+    """The generator to show and save: the EMA (its BatchNorm statistics recomputed for its weights) or G."""
+    return ema.recalibrate() if ema is not None else G
 
 
 def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path, live_dir: Path,
@@ -100,7 +101,8 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
     if ckpt is not None and ckpt["epoch"] == p["epochs"]:
         log(f"already trained for {ckpt['epoch']} epochs: writing the models and {summary_path} from the checkpoint")
         ema = None
-        if ckpt.get("G_ema") is not None:
+        if ckpt.get("G_ema") is not None:   # on the training device and layout: recalibration gives the same bytes
+            G.to(device, memory_format=memory_format(device, fast.channels_last))
             ema = EMA(G, p["ema_halflife"], p["ema_rampup"])
             ema.load_state_dict(ckpt["G_ema"])
         if world.main:
@@ -121,7 +123,6 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
         if ema is not None:
             ema.load_state_dict(ckpt["G_ema"])
         fixed_noise, start, wall_before = ckpt["fixed_noise"], ckpt["epoch"], ckpt["wall_s"]
-    G_pub = published(G, ema)  # what the grids, the quality score and models/generator*.pt show
 
     data = ResidentData(train_arr, device, fmt)      # on the GPU: one uint8 tensor; on the CPU: the memory map
     val = ResidentData(val_arr, device)
@@ -185,7 +186,10 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
                 stats["d_train"] = discriminator_mean(D, probe, bs, eval_autocast)
         stats["images_per_s"] = steps * bs / epoch_s
         stats["epoch_s"] = epoch_s
-        if probe_q is not None and (epoch % p["eval_every"] == 0 or epoch == p["epochs"]):
+        scored = probe_q is not None and (epoch % p["eval_every"] == 0 or epoch == p["epochs"])
+        if world.main and (scored or epoch in grids or epoch == p["epochs"]):
+            G_pub = published(G, ema)   # what the grids, the quality score and models/generator*.pt show
+        if scored:
             stats.update(probe_q.score(G_pub))
             if best.offer(epoch, stats[SELECT_BY], G_pub):
                 log(f"best {SELECT_BY} so far: {best.score:.3f} at epoch {epoch}")

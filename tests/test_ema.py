@@ -54,3 +54,30 @@ def test_constant_g_is_approached_geometrically_and_state_round_trips():
     other.load_state_dict(ema.state_dict())
     for a, b in zip(other.model.parameters(), ema.model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_recalibrate_gives_the_ema_weights_their_own_batchnorm_statistics():
+    from dcgan.model import Generator, init_weights
+
+    torch.manual_seed(0)
+    G = Generator(32, 1, 8, 8).apply(init_weights).train()
+    ema = E.EMA(G, half_life=10**9)                 # stays at G's initial weights
+    with torch.no_grad():
+        for p in G.parameters():
+            p.mul_(3.0)                                # G moves far away
+        for _ in range(5):
+            G(torch.randn(64, 8))                      # and its running statistics follow it
+    ema.update(64, 10**6)                              # copies G's statistics: wrong for the EMA weights
+    z = torch.randn(512, 8)
+    rng_before = torch.random.get_rng_state()
+    model = ema.recalibrate(batches=16, batch=64)
+    assert torch.equal(torch.random.get_rng_state(), rng_before)   # training's random stream untouched
+    assert not model.training
+    bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():                              # the statistics now match the EMA weights' activations
+        h = model.net[0](z[:, :, None, None])
+    torch.testing.assert_close(bn[0].running_mean, h.mean((0, 2, 3)), atol=0.05, rtol=0.1)
+    assert bn[0].momentum == 0.1
+    again = E.EMA(G, 10**9)
+    again.load_state_dict(ema.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(again.recalibrate(16, 64).buffers(), model.buffers()))  # deterministic
