@@ -130,6 +130,7 @@ def main():
     ap.add_argument("--image-share", type=float, default=0.25, help="share of image -> embedding requests")
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--invert-steps", type=int, default=0, help="server's refinement after the encoder")
+    ap.add_argument("--max-wait-ms", type=float, default=5.0, help="server's batching wait")
     args = ap.parse_args()
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,7 +139,8 @@ def main():
         port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "dcgan.serve", "--model", str(g), "--encoder", str(e),
                                  "--port", str(port), "--max-batch", str(args.max_batch),
-                                 "--invert-steps", str(args.invert_steps)], cwd=ROOT)
+                                 "--invert-steps", str(args.invert_steps), "--max-wait-ms", str(args.max_wait_ms)],
+                                cwd=ROOT)
         try:
             base = f"http://127.0.0.1:{port}"
             for _ in range(600):
@@ -158,7 +160,7 @@ def main():
             proc.wait(10)
     lat_ms = np.array(lat) * 1000
     imgs = sum(counts) / wall
-    res = {"model": which, "invert_steps": args.invert_steps, "clients": args.clients, "seconds": args.seconds, "instances_per_request": args.instances,
+    res = {"model": which, "invert_steps": args.invert_steps, "max_wait_ms": args.max_wait_ms, "clients": args.clients, "seconds": args.seconds, "instances_per_request": args.instances,
            "image_share": args.image_share, "requests": len(lat), "errors": len(errors),
            "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)),
            "http_images_per_s": imgs, "raw_generator_images_per_s": raw, "ratio": imgs / raw,
