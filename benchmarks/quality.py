@@ -97,7 +97,8 @@ def main():
         results["configs"] = before["configs"]
     for name in args.configs.split(","):
         cfg = CONFIGS[name]
-        row = {"params": cfg, "seeds": [], "swd_best": [], "swd_last": [], "best_epoch": [], "wall_s": []}
+        row = {"params": cfg, "images_seen": seen, "device": str(device), "image_size": args.image_size,
+               "seeds": [], "swd_best": [], "swd_last": [], "best_epoch": [], "wall_s": []}
         for seed in (int(s) for s in args.seeds.split(",")):
             p = {**base, **cfg, "seed": seed, "epochs": epochs}
             with tempfile.TemporaryDirectory() as tmp:
