@@ -29,9 +29,6 @@ class EMA:
     def __init__(self, G: nn.Module, half_life: float, rampup: float = 0.0):
         self.half_life, self.rampup = half_life, rampup
         self.model = copy.deepcopy(G).eval().requires_grad_(False)
-        self._pairs(G)
-
-    def _pairs(self, G: nn.Module):
         self.src_params = list(G.parameters())
         self.dst_params = list(self.model.parameters())
         self.src_buffers = list(G.buffers())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -62,11 +61,3 @@ def train_encoder(G, steps: int, batch: int, lr: float, pixel_weight: float, see
     log(f"encoder: {steps} steps, latent MSE {lat:.4f}, pixel MSE {pix:.4f}, {summary['wall_s']:.1f}s")
     return E.eval(), summary
 
-
-@torch.no_grad()
-def encode(E, images: np.ndarray, device, batch: int = 256) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> latents (N, nz) on the CPU."""
-    from .pictures import to_float
-    E.eval()
-    return torch.cat([E(to_float(images[i:i + batch]).to(device)).float().cpu()
-                      for i in range(0, len(images), batch)]) if len(images) else torch.zeros(0, E.nz)

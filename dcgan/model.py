@@ -141,8 +141,9 @@ def save(model: nn.Module, path: Path):
     atomic_torch_save({"kind": kind, "config": dict(model.config), "state_dict": state}, path)
 
 
-def load(path: Path | str, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a Generator, Discriminator or Encoder saved by `save`, in eval mode."""
+def load(path: Path | str, device: str | torch.device = "cpu", kind: str | None = None) -> nn.Module:
+    """Rebuild a Generator, Discriminator or Encoder saved by `save`, in eval mode. kind ('generator',
+    'discriminator', 'encoder'): ValueError naming the file when it holds another kind."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file '{path}' not found (run `dvc repro train` or `dvc pull train`)")
@@ -153,4 +154,6 @@ def load(path: Path | str, device: str | torch.device = "cpu") -> nn.Module:
         model.load_state_dict(blob["state_dict"])
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"'{path}' is not a model saved by this project ({brief(e)})") from e
+    if kind is not None and blob["kind"] != kind:
+        raise ValueError(f"'{path}' holds a {blob['kind']}, not a{'n' if kind[0] in 'aeiou' else ''} {kind}")
     return model.to(device).eval()

@@ -29,11 +29,9 @@ def main():
         raise params.ParamError(f"{args.params}: 'device' {e}") from None
     path = args.generator or models.GENERATOR_FILES[p["generator"]]
     try:
-        G = models.load(path, device)
-    except (FileNotFoundError, ValueError) as e:
+        G = models.load(path, device, kind="generator")
+    except ValueError as e:
         raise cli.UserError(str(e)) from None
-    if not isinstance(G, models.Generator):
-        raise cli.UserError(f"'{path}' holds a {type(G).__name__.lower()}, not a generator")
     E, summary = encoder.train_encoder(G, p["encoder_steps"], BATCH, p["encoder_lr"], p["encoder_pixel_weight"],
                                        p["seed"], device, width=G.config["ngf"])
     models.save(E, args.out)

@@ -36,11 +36,9 @@ def main():
     if not args.generated.is_dir():
         raise cli.UserError(f"{args.generated} not found: run `dvc repro generate` first")
     try:
-        D = model.load(args.discriminator, device)
+        D = model.load(args.discriminator, device, kind="discriminator")
     except ValueError as e:
         raise cli.UserError(str(e)) from None
-    if not isinstance(D, model.Discriminator):
-        raise cli.UserError(f"'{args.discriminator}' holds a generator, not a discriminator")
     train_arr = data.load_split(args.prepared, "train")
     test_arr = data.load_split(args.prepared, "test")
     try:
@@ -52,11 +50,9 @@ def main():
     g_path = args.generator or model.GENERATOR_FILES[p["generator"]]
     if args.encoder.is_file() and g_path.is_file():
         try:
-            G, E = model.load(g_path, device), model.load(args.encoder, device)
+            G, E = model.load(g_path, device, kind="generator"), model.load(args.encoder, device, kind="encoder")
         except ValueError as e:
             raise cli.UserError(str(e)) from None
-        if not isinstance(G, model.Generator) or not isinstance(E, model.Encoder):
-            raise cli.UserError(f"'{g_path}' must hold a generator and '{args.encoder}' an encoder")
     else:
         print(f"inversion scores skipped: {args.encoder} or {g_path} not found (dvc repro encoder)")
     res = evaluation.evaluate(fake, D, train_arr, test_arr, p, args.out_json, args.out_dir, device,

@@ -21,11 +21,9 @@ def main():
     written = []
     for path, kind in ((args.generator or models.GENERATOR_FILES[p["generator"]], "generator"), (args.encoder, "encoder")):
         try:
-            m = models.load(path)
-        except (FileNotFoundError, ValueError) as e:
+            m = models.load(path, kind=kind)
+        except ValueError as e:
             raise cli.UserError(str(e)) from None
-        if not isinstance(m, models.KINDS[kind]):
-            raise cli.UserError(f"'{path}' holds a {type(m).__name__.lower()}, not a {kind}")
         written += export.export_all(m, args.out, kind)
     print("wrote " + ", ".join(str(w) for w in written))
 

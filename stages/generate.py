@@ -59,12 +59,9 @@ def load_encoder(path: Path, device):
         print(f"{path} not found: inversion starts from random latents (dvc repro encoder trains one)")
         return None
     try:
-        E = models.load(path, device)
+        return models.load(path, device, kind="encoder")
     except ValueError as e:
         raise cli.UserError(str(e)) from None
-    if not isinstance(E, models.Encoder):
-        raise cli.UserError(f"'{path}' holds a {type(E).__name__.lower()}, not an encoder")
-    return E
 
 
 def load_generator(path: Path, device_name: str):
@@ -73,12 +70,9 @@ def load_generator(path: Path, device_name: str):
     except ValueError as e:
         raise cli.UserError(str(e)) from None
     try:
-        G = models.load(path, device)
+        return models.load(path, device, kind="generator"), device
     except ValueError as e:
         raise cli.UserError(str(e)) from None
-    if not isinstance(G, models.Generator):
-        raise cli.UserError(f"'{path}' holds a discriminator, not a generator")
-    return G, device
 
 
 def cmd_sample(args, p):
