@@ -6,9 +6,11 @@ The server (`python -m dcgan.serve`, a separate process, default settings) serve
 models/generator_best.pt and models/encoder.pt when `make run` has made them, else untrained models of
 the demo's shape (32 px grey, nz 100, width 64: the same compute). Each client sends requests back to back,
 each with `--instances` instances: embedding -> image, or with probability `--image-share` image -> embedding
-(a digit-sized PNG; the encoder alone unless --invert-steps). Before the load, in this process, the raw batched generator
-throughput is measured at the server's batch size (G alone, no HTTP, no PNG). Prints p50/p99 latency,
-images/s, errors, the server's resident memory after warm-up and at the end; the last line is JSON.
+(a digit-sized PNG; the encoder alone unless --invert-steps). Before the load, in this process, the raw
+batched generator throughput is measured at the server's batch size (G alone, no HTTP, no PNG), the faster
+of two ways: one call at a time on all cores, and one single-threaded call per core side by side. Prints
+p50/p99 latency, images/s, errors, the server's resident memory after warm-up and at the end; the last
+line is JSON.
 """
 from __future__ import annotations
 
@@ -17,10 +19,12 @@ import asyncio
 import base64
 import io
 import json
+import os
 import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,17 +49,37 @@ def demo_models(tmp: Path) -> tuple[Path, Path, str]:
     return tmp / "g.pt", tmp / "e.pt", "untrained models of the demo's shape (run `make run` for the trained one)"
 
 
-def raw_throughput(g_path: Path, batch: int, seconds: float = 3.0) -> float:
+def raw_throughput(g_path: Path, batch: int, seconds: float = 3.0) -> dict:
+    """G alone on batches of `batch`, the best way this machine runs it: one call at a time on all cores,
+    and one single-threaded call per core side by side (what the server does by default). images/s each."""
     G = models.load(g_path)
-    z = torch.randn(batch, G.nz)
-    with torch.no_grad():
-        for _ in range(5):
-            G(z)
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            G(z)
-            n += batch
-    return n / (time.perf_counter() - t0)
+    G.requires_grad_(False)
+    cores = len(os.sched_getaffinity(0))
+
+    def run(workers: int, torch_threads: int) -> float:
+        counts = [0] * workers
+
+        def work(i):
+            torch.set_num_threads(torch_threads)      # this thread's only
+            z = torch.randn(batch, G.nz)
+            with torch.no_grad():
+                for _ in range(5):
+                    G(z)
+                barrier.wait()
+                t0 = time.perf_counter()
+                while time.perf_counter() - t0 < seconds:
+                    G(z)
+                    counts[i] += batch
+        barrier = threading.Barrier(workers + 1)
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+        for t in threads:
+            t.start()
+        barrier.wait()
+        t0 = time.perf_counter()
+        for t in threads:
+            t.join()
+        return sum(counts) / (time.perf_counter() - t0)
+    return {"one_call_all_cores": run(1, cores), "one_call_per_core": run(cores, 1)}
 
 
 def rss_mb(pid: int) -> float:
@@ -131,15 +155,19 @@ def main():
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--invert-steps", type=int, default=0, help="server's refinement after the encoder")
     ap.add_argument("--max-wait-ms", type=float, default=5.0, help="server's batching wait")
+    ap.add_argument("--model-threads", type=int, default=min(2, len(os.sched_getaffinity(0))),
+                    help="server's model threads")
     args = ap.parse_args()
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         g, e, which = demo_models(Path(tmp))
-        raw = raw_throughput(g, args.max_batch)
+        raws = raw_throughput(g, args.max_batch)
+        raw = max(raws.values())
         port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "dcgan.serve", "--model", str(g), "--encoder", str(e),
                                  "--port", str(port), "--max-batch", str(args.max_batch),
-                                 "--invert-steps", str(args.invert_steps), "--max-wait-ms", str(args.max_wait_ms)],
+                                 "--invert-steps", str(args.invert_steps), "--max-wait-ms", str(args.max_wait_ms),
+                                 "--model-threads", str(args.model_threads)],
                                 cwd=ROOT)
         try:
             base = f"http://127.0.0.1:{port}"
@@ -164,13 +192,16 @@ def main():
            "image_share": args.image_share, "requests": len(lat), "errors": len(errors),
            "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)),
            "http_images_per_s": imgs, "raw_generator_images_per_s": raw, "ratio": imgs / raw,
+           "raw_generator_images_per_s_by_way": raws, "model_threads": args.model_threads,
            "rss_start_mb": rss_start, "rss_end_mb": rss_end, "rss_growth": rss_end / rss_start - 1,
-           "device": "cpu", "cores": len(__import__("os").sched_getaffinity(0))}
+           "device": "cpu", "cores": len(os.sched_getaffinity(0))}
     print(f"{which}; {args.clients} clients x {args.seconds:g} s, {args.instances} instances per request "
           f"({args.image_share:.0%} image -> embedding)")
     print(f"requests {len(lat)}, errors {len(errors)}{' ' + str(sorted(set(errors))[:5]) if errors else ''}")
     print(f"latency p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms")
-    print(f"HTTP {imgs:.0f} images/s vs raw batched generator {raw:.0f} images/s: {res['ratio']:.2f}")
+    print(f"HTTP {imgs:.0f} images/s vs raw batched generator {raw:.0f} images/s: {res['ratio']:.2f} (raw: "
+          f"{raws['one_call_all_cores']:.0f} one call at a time on all cores, {raws['one_call_per_core']:.0f} "
+          "one single-threaded call per core)")
     print(f"server memory {rss_start:.0f} MB after warm-up -> {rss_end:.0f} MB at the end ({res['rss_growth']:+.1%})")
     print(json.dumps(res))
 

@@ -211,7 +211,10 @@ def invert(G, images: np.ndarray, steps: int, device, seed: int = 0, candidates:
     """Find for each uint8 image the z whose generated image is closest. Returns (z (N, nz), per-image MSE in [-1,1] units).
     Start: E(x) when an encoder is given (steps=0: the encoder alone), else the best of `candidates` random
     latents; then `steps` of Adam on the pixel (pyramid) loss."""
-    G.eval().requires_grad_(False)
+    trainable = [p.requires_grad for p in G.parameters()]
+    G.eval()
+    for p in G.parameters():
+        p.requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
     zs, errs = [], []
     n_batches = math.ceil(len(images) / batch)
@@ -239,7 +242,8 @@ def invert(G, images: np.ndarray, steps: int, device, seed: int = 0, candidates:
             with torch.no_grad():
                 errs.append(((G(z) - target) ** 2).flatten(1).mean(1).cpu())
             zs.append(z.detach().cpu())
-    G.requires_grad_(True)
+    for p, was in zip(G.parameters(), trainable):   # as it was: a server's frozen G stays frozen
+        p.requires_grad_(was)
     return torch.cat(zs).numpy(), torch.cat(errs).numpy()
 
 

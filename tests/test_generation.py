@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import ROOT, env
 from dcgan import generation, pictures
-from dcgan.model import Generator, save
+from dcgan.model import Encoder, Generator, save
 
 NZ = 8
 
@@ -158,3 +158,18 @@ def test_sample_cli_names_a_missing_model(tmp_path):
                         "--out", str(tmp_path / "g"), "--params", str(tmp_path / "none")], env=env(),
                        capture_output=True, text=True)
     assert r.returncode == 2 and "x.pt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_invert_names_an_encoder_that_does_not_fit_the_generator(model_file, tmp_path):
+    save(Encoder(32, 1, NZ + 1, 8), tmp_path / "e.pt")             # one latent too many
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("L", (32, 32), 128).save(folder / "a.png")
+    cmd = [sys.executable, str(ROOT / "stages/generate.py"), "invert", "--model", str(model_file), "--input",
+           str(folder), "--out", str(tmp_path / "out"), "--steps", "2", "--device", "cpu",
+           "--params", str(tmp_path / "none")]
+    r = subprocess.run(cmd + ["--encoder", str(tmp_path / "e.pt")], env=env(), capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "e.pt" in r.stderr and f"nz {NZ + 1}" in r.stderr and "does not fit" in r.stderr
+    r = subprocess.run(cmd + ["--encoder", str(tmp_path / "missing.pt")], env=env(), capture_output=True, text=True)
+    assert r.returncode == 2 and "missing.pt not found" in r.stderr

@@ -121,6 +121,10 @@ def test_not_json_and_too_large_bodies():
     c = client(max_body_bytes=10_000)
     r = c.post("/v1/models/generator:predict", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "not JSON" in r.json()["error"]
+    # NaN is not JSON, but Python's json.dumps writes it: the answer names the instance and the number
+    nan = json.dumps({"instances": [{"z": [0] * NZ}, {"z": [0] * 7 + [float("nan")] + [0] * (NZ - 8)}]}).encode()
+    r = c.post("/v1/models/generator:predict", content=nan)
+    assert r.status_code == 400 and "instance 1: 'z'[7] is NaN" in r.json()["error"], r.json()
     big = json.dumps({"instances": [{"z": [0.123456] * NZ}] * 20}).encode()
     assert len(big) > 10_000
     r = c.post("/v1/models/generator:predict", content=big)

@@ -64,7 +64,11 @@ def invert_steps(args) -> int:
 
 def build(args) -> tuple:
     args.invert_steps = invert_steps(args)
+    cores = len(os.sched_getaffinity(0))
+    if args.model_threads < 1:
+        raise UserError(f"--model-threads must be >= 1, got {args.model_threads}")
     s = Settings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_bytes,
+                 model_threads=args.model_threads, torch_threads=max(1, cores // args.model_threads),
                  timeout_s=args.timeout_s, invert_steps=args.invert_steps, api_key=os.environ.get(API_KEY_ENV) or None)
     if not is_loopback(args.host) and not s.api_key:
         raise UserError(f"--host {args.host} is reachable from other machines: set {API_KEY_ENV} (a secret, never "
@@ -95,6 +99,8 @@ def main():
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--model-threads", type=int, default=min(2, len(os.sched_getaffinity(0))),
+                    help="model calls side by side, each on cores/N intra-op threads (default: 2, or 1 on one core)")
     ap.add_argument("--max-body-bytes", type=int, default=8 << 20)
     ap.add_argument("--timeout-s", type=float, default=30.0)
     ap.add_argument("--invert-steps", type=int, default=None,

@@ -21,19 +21,19 @@ import hmac
 import io
 import json
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 
 from .. import generation, pictures
 from ..images import BadImage, decode
-from .batching import Batcher
+from .batching import Batcher, ModelThreads
 
 PAGE = Path(__file__).with_name("page.html")
 IMAGE_SIGNATURES = {b"\x89PNG": ".png", b"\xff\xd8\xff": ".jpg", b"GIF8": ".gif", b"BM": ".bmp", b"RIFF": ".webp"}
@@ -43,6 +43,8 @@ IMAGE_SIGNATURES = {b"\x89PNG": ".png", b"\xff\xd8\xff": ".jpg", b"GIF8": ".gif"
 class Settings:
     max_batch: int = 64               # rows per model call
     max_wait_ms: float = 5.0          # how long the first request of a batch waits for others
+    model_threads: int = 1            # model calls that run side by side
+    torch_threads: int | None = None  # intra-op threads of each model call (None: torch's default)
     max_body_bytes: int = 8 << 20     # larger bodies get 413
     max_instances: int = 256          # per request
     max_pixels: int = 4096 * 4096     # larger images (judged from their header) get 400
@@ -71,16 +73,19 @@ def png_bytes(img: np.ndarray) -> bytes:
 
 
 class Models:
-    """The generator (and encoder) behind two batchers, run in one model thread."""
+    """The generator (and encoder) behind two batchers, run in `model_threads` threads."""
 
     def __init__(self, G, config: dict, E=None, settings: Settings = Settings()):
         self.G, self.E, self.config, self.s = G, E, config, settings
         self.nz, self.channels, self.size = config["nz"], config["channels"], config["image_size"]
         self.differentiable = isinstance(G, torch.nn.Module)     # eager or TorchScript: refinement possible
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        if self.differentiable:
+            for p in G.parameters():   # no parameter gradients in refinement, and no race between model threads
+                p.requires_grad_(False)
+        self.threads = ModelThreads(settings.model_threads, settings.torch_threads)
         wait = settings.max_wait_ms / 1000
-        self.g_batcher = Batcher(self._generate, self.executor, settings.max_batch, wait)
-        self.e_batcher = Batcher(self._encode, self.executor, settings.max_batch, wait) if E is not None else None
+        self.g_batcher = Batcher(self._generate, self.threads, settings.max_batch, wait)
+        self.e_batcher = Batcher(self._encode, self.threads, settings.max_batch, wait) if E is not None else None
 
     @torch.no_grad()
     def _generate(self, z: torch.Tensor) -> np.ndarray:
@@ -148,9 +153,12 @@ def _image(inst: dict, i: int, models: Models, max_pixels: int) -> np.ndarray:
 def parse_instances(body: bytes, models: Models, s: Settings):
     """-> list of ('z', key, list) or ('image', key, uint8 array) in request order; BadRequest names the problem."""
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadRequest(f"body is not JSON ({e})") from None
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:  # strict JSON failed; Python's parser also takes NaN/Infinity (json.dumps writes them), named below
+            doc = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BadRequest(f"body is not JSON ({e})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("instances"), list):
         raise BadRequest('body must be {"instances": [...]}')
     instances = doc["instances"]
@@ -196,21 +204,39 @@ async def predict(parsed, models: Models) -> list[dict]:
     return preds
 
 
+class JSONResponse(Response):
+    """orjson: 5-10x faster than json.dumps on the predictions (the event loop's time is the server's)."""
+    media_type = "application/json"
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content)
+
+
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+class APIKeyCheck:
+    """Plain ASGI middleware (Starlette's @app.middleware wraps every request in extra tasks and streams,
+    which costs the event loop time under load): 401 unless the request carries the key."""
+
+    def __init__(self, app, key: str, open_paths: set[str]):
+        self.app, self.key, self.open_paths = app, key.encode(), open_paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] not in self.open_paths:
+            headers = dict(scope["headers"])
+            given = headers.get(b"x-api-key") or headers.get(b"authorization", b"").removeprefix(b"Bearer ")
+            if not hmac.compare_digest(given, self.key):
+                response = error(401, "missing or wrong API key: send it as 'Authorization: Bearer <key>' or 'X-API-Key'")
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 def create_app(models: Models, s: Settings) -> FastAPI:
     app = FastAPI(title="DCGAN generator", docs_url=None, redoc_url=None)
-    open_paths = {"/healthz"}
-
-    @app.middleware("http")
-    async def api_key(request: Request, call_next):
-        if s.api_key and request.url.path not in open_paths:
-            given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
-            if not hmac.compare_digest(given.encode(), s.api_key.encode()):
-                return error(401, "missing or wrong API key: send it as 'Authorization: Bearer <key>' or 'X-API-Key'")
-        return await call_next(request)
+    if s.api_key:
+        app.add_middleware(APIKeyCheck, key=s.api_key, open_paths={"/healthz"})
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception):  # a bug answers 500 and the server stays up

@@ -1,17 +1,40 @@
-"""Server-side batching: requests that arrive within `max_wait_s` of each other are run as one call.
+"""Server-side batching: requests that arrive close together are run as one model call.
 
-Each request submits its rows (a tensor or array of k items); a single worker task gathers queued
-submissions until `max_batch` rows or `max_wait_s` after the first, concatenates them, runs `fn` once in
-the model thread, and hands each request its slice of the result. The event loop never blocks on the
-model, so requests keep arriving (and being parsed) while a batch runs.
+Each request submits its rows (a tensor or array of k items) to a Batcher (one per model). A worker task
+forms a batch when a model thread is free: everything queued by then, up to `max_batch` rows; if that is
+less than `max_batch`, it waits for more until the batch's first request has waited `max_wait_s`. While
+the model threads are busy, requests queue up and join the next batch without any extra wait, so a
+loaded server never idles its model threads for the timer. `fn` runs in the model threads (ModelThreads,
+shared by the batchers); each request gets its slice of the result. The event loop never blocks on the
+model, so requests keep arriving (and being parsed) while batches run.
 """
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Executor
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+
+
+class ModelThreads:
+    """`n` threads that run model calls, each with `torch_threads` intra-op threads (thread-local: the
+    process's other threads keep theirs). On few cores, n single-threaded calls side by side beat one
+    call spread over all cores: no core waits at the end of each op for the slowest one."""
+
+    def __init__(self, n: int = 1, torch_threads: int | None = None):
+        self.n = n
+        init = (lambda: torch.set_num_threads(torch_threads)) if torch_threads else None
+        self.executor = ThreadPoolExecutor(n, thread_name_prefix="model", initializer=init)
+        self._free: dict = {}
+
+    def free(self) -> asyncio.Semaphore:
+        """The semaphore counting free threads, for the running event loop (tests may run several loops)."""
+        loop = asyncio.get_running_loop()
+        if loop not in self._free:
+            self._free = {loop: asyncio.Semaphore(self.n)}
+        return self._free[loop]
 
 
 def _concat(parts):
@@ -27,13 +50,14 @@ def _split(out, sizes: list[int]):
 
 
 class Batcher:
-    def __init__(self, fn, executor: Executor, max_batch: int = 64, max_wait_s: float = 0.005):
-        self.fn, self.executor = fn, executor
+    def __init__(self, fn, threads: ModelThreads, max_batch: int = 64, max_wait_s: float = 0.005):
+        self.fn, self.threads = fn, threads
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self.queue: asyncio.Queue | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.worker: asyncio.Task | None = None
         self.calls = self.rows = 0          # statistics: model calls made and rows they carried
+        self._running: set[asyncio.Task] = set()
 
     async def submit(self, rows):
         loop = asyncio.get_running_loop()
@@ -42,40 +66,55 @@ class Batcher:
             self.loop, self.queue = loop, asyncio.Queue()
             self.worker = loop.create_task(self._work())
         fut = loop.create_future()
-        await self.queue.put((rows, fut))
+        await self.queue.put((rows, fut, time.monotonic()))
         return await fut
 
     async def _work(self):
-        loop = asyncio.get_running_loop()
+        free = self.threads.free()
         while True:
             items = [await self.queue.get()]
-            n, deadline = len(items[0][0]), loop.time() + self.max_wait_s
-            while n < self.max_batch:
-                try:
-                    item = self.queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    left = deadline - loop.time()
-                    if left <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(self.queue.get(), left)
-                    except asyncio.TimeoutError:
-                        break
-                items.append(item)
-                n += len(item[0])
-            items = [(rows, fut) for rows, fut in items if not fut.cancelled()]  # timed-out requests: skip
-            if not items:
-                continue
+            await free.acquire()                     # meanwhile more requests queue up
             try:
-                out = await loop.run_in_executor(self.executor, self.fn, _concat([r for r, _ in items]))
-                pieces = _split(out, [len(r) for r, _ in items])
-            except Exception as e:  # noqa: BLE001 - every waiting request gets the error, the worker lives on
-                for _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(e)
+                n = len(items[0][0])
+                deadline = items[0][2] + self.max_wait_s
+                while n < self.max_batch:
+                    try:
+                        item = self.queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        try:
+                            item = await asyncio.wait_for(self.queue.get(), left)
+                        except asyncio.TimeoutError:
+                            break
+                    items.append(item)
+                    n += len(item[0])
+            except BaseException:
+                free.release()
+                raise
+            items = [(rows, fut) for rows, fut, _ in items if not fut.cancelled()]  # timed-out requests: skip
+            if not items:
+                free.release()
                 continue
-            self.calls += 1
-            self.rows += n
-            for (_, fut), piece in zip(items, pieces):
+            task = asyncio.get_running_loop().create_task(self._run(items, n, free))
+            self._running.add(task)                  # keep a reference until it is done
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, items, n: int, free: asyncio.Semaphore):
+        loop = asyncio.get_running_loop()
+        try:
+            out = await loop.run_in_executor(self.threads.executor, self.fn, _concat([r for r, _ in items]))
+            pieces = _split(out, [len(r) for r, _ in items])
+        except Exception as e:  # noqa: BLE001 - every waiting request gets the error, the worker lives on
+            for _, fut in items:
                 if not fut.done():
-                    fut.set_result(piece)
+                    fut.set_exception(e)
+            return
+        finally:
+            free.release()
+        self.calls += 1
+        self.rows += n
+        for (_, fut), piece in zip(items, pieces):
+            if not fut.done():
+                fut.set_result(piece)
