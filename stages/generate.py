@@ -53,15 +53,32 @@ def model_path(args, p) -> Path:
     return path
 
 
-def load_encoder(path: Path, device):
-    """The encoder that starts inversion from E(x); None (random starts) when there is none yet."""
+DEFAULT_ENCODER = Path("models/encoder.pt")
+
+
+def load_encoder(path: Path | None, device, G):
+    """The encoder that starts inversion from E(x); None (random starts) when there is none yet, or when
+    the pipeline's encoder does not fit a generator given by --model. A given --encoder must fit."""
+    given = path is not None
+    path = path if given else DEFAULT_ENCODER
     if not path.is_file():
+        if given:
+            raise cli.UserError(f"--encoder {path} not found")
         print(f"{path} not found: inversion starts from random latents (dvc repro encoder trains one)")
         return None
     try:
-        return models.load(path, device, kind="encoder")
+        E = models.load(path, device, kind="encoder")
     except ValueError as e:
         raise cli.UserError(str(e)) from None
+    fits = all(E.config[k] == G.config[k] for k in ("nz", "image_size", "channels"))
+    if not fits:
+        shape = "nz {nz}, {image_size} px, {channels} channels"
+        why = f"{path} (for {shape.format(**E.config)}) does not fit the generator ({shape.format(**G.config)})"
+        if given:
+            raise cli.UserError(f"--encoder {why}")
+        print(f"{why}: inversion starts from random latents")
+        return None
+    return E
 
 
 def load_generator(path: Path, device_name: str):
@@ -88,7 +105,7 @@ def cmd_sample(args, p):
         real = np.array(data.load_array(args.real)[:INVERSION_DEMO])
         if len(real):
             z, err = generation.invert(G, real, p["invert_steps"], device, seed=p["generate_seed"],
-                                       encoder=load_encoder(args.encoder, device))
+                                       encoder=load_encoder(args.encoder, device, G))
             recon = generation.generate(G, torch.from_numpy(z), device)
             pictures.save_png(pictures.pairs(real, recon), out / "inversion.png")
             generation.write_latents_jsonl(out / "inversion.jsonl", [f"test_{i}" for i in range(len(real))], z, err)
@@ -118,7 +135,7 @@ def cmd_invert(args, p):
     if not keys:
         raise cli.UserError(f"no usable image in {args.input} ({len(problems)} bad)")
     z, err = generation.invert(G, images, p["invert_steps"], device, seed=p["generate_seed"],
-                               encoder=load_encoder(args.encoder, device))
+                               encoder=load_encoder(args.encoder, device, G))
     generation.write_latents_jsonl(args.out / "latents.jsonl", keys, z, err)
     recon = generation.generate(G, torch.from_numpy(z), device)
     pictures.save_png(pictures.pairs(images, recon), args.out / "comparison.png")
@@ -147,8 +164,9 @@ def main():
             sp.add_argument("--input", type=Path, required=True)
         if name in ("sample", "invert"):
             sp.add_argument("--steps", type=int, default=None, help="optimisation steps (invert_steps)")
-            sp.add_argument("--encoder", type=Path, default=Path("models/encoder.pt"),
-                            help="encoder whose E(x) starts the inversion (random starts when absent)")
+            sp.add_argument("--encoder", type=Path, default=None,
+                            help="encoder whose E(x) starts the inversion (default: models/encoder.pt when it "
+                                 "exists and fits the generator, else random starts)")
     args = ap.parse_args()
     p = settings(args)
     {"sample": cmd_sample, "latents": cmd_latents, "invert": cmd_invert}[args.command](args, p)
