@@ -10,7 +10,8 @@ each with `--instances` instances: embedding -> image, or with probability `--im
 batched generator throughput is measured at the server's batch size (G alone, no HTTP, no PNG), the faster
 of two ways: one call at a time on all cores, and one single-threaded call per core side by side. Prints
 p50/p99 latency, images/s, errors, the server's resident memory after warm-up and at the end; the last
-line is JSON.
+line is JSON. The clients use aiohttp: they share the cores with the server, and per request it costs
+about a third of the CPU that httpx does (measured: the client process at 7% of a core instead of 21%).
 """
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
+import orjson  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -121,20 +124,23 @@ def bodies(args, rng: random.Random, n: int = 32) -> list[bytes]:
 async def client(url: str, until: float, args, lat: list, errors: list, counts: list, rng: random.Random):
     pool = bodies(args, rng)
     headers = {"content-type": "application/json"}
-    async with httpx.AsyncClient(timeout=30) as c:
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
         while time.perf_counter() < until:
             body = rng.choice(pool)
             t0 = time.perf_counter()
             try:
-                r = await c.post(url, content=body, headers=headers)
-                ok = r.status_code == 200 and len(r.json()["predictions"]) == args.instances
-            except httpx.HTTPError as e:
-                ok, r = False, e
+                async with session.post(url, data=body, headers=headers) as r:
+                    answer = await r.read()
+                ok = r.status == 200 and len(orjson.loads(answer)["predictions"]) == args.instances
+                why = r.status
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                ok, why = False, type(e).__name__
             lat.append(time.perf_counter() - t0)
             if ok:
                 counts.append(args.instances)
             else:
-                errors.append(str(getattr(r, "status_code", r)))
+                errors.append(str(why))
 
 
 async def load(url: str, args) -> tuple[list, list, list, float]:

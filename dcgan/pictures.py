@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,24 @@ def to_float(x: np.ndarray | torch.Tensor) -> torch.Tensor:
 def to_pil(img: np.ndarray) -> Image.Image:
     """One uint8 (C, H, W) image -> PIL."""
     return Image.fromarray(img[0], "L") if img.shape[0] == 1 else Image.fromarray(img.transpose(1, 2, 0), "RGB")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bytes(img: np.ndarray, level: int = 1) -> bytes:
+    """One uint8 (C, H, W) image (1 or 3 channels) -> PNG bytes: 8-bit grey or RGB, rows unfiltered, zlib.
+    Written here because the server encodes one small image per prediction: Pillow's per-image setup takes
+    ~130 us of CPU for a 32 px digit, these few lines ~20 us, for the same PNG (decoders read both)."""
+    c, h, w = img.shape
+    if c not in (1, 3):
+        raise ValueError(f"png_bytes: 1 or 3 channels, got {c}")
+    rows = np.ascontiguousarray(img[0] if c == 1 else img.transpose(1, 2, 0)).reshape(h, w * c)
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()  # filter byte 0 per row
+    header = struct.pack(">IIBBBBB", w, h, 8, 0 if c == 1 else 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(raw, level))
+            + _png_chunk(b"IEND", b""))
 
 
 def grid(images: np.ndarray, nrow: int | None = None, pad: int = 2, min_tile: int = 64,

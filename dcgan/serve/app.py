@@ -29,7 +29,6 @@ import orjson
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
-from PIL import Image
 
 from .. import generation, pictures
 from ..images import BadImage, decode
@@ -62,14 +61,7 @@ class BadRequest(Exception):
 
 def png_b64(img: np.ndarray) -> str:
     """uint8 (C, H, W) -> base64 PNG."""
-    arr = img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0))
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=1)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def png_bytes(img: np.ndarray) -> bytes:
-    return base64.b64decode(png_b64(img))
+    return base64.b64encode(pictures.png_bytes(img)).decode("ascii")
 
 
 class Models:
@@ -298,7 +290,7 @@ def create_app(models: Models, s: Settings) -> FastAPI:
         z = generation.noise(n, models.nz, seed)
         images = await asyncio.wait_for(models.g_batcher.submit(z), s.timeout_s)
         if n == 1:
-            return Response(png_bytes(images[0]), media_type="image/png")
+            return Response(pictures.png_bytes(images[0]), media_type="image/png")
         buf = io.BytesIO()
         pictures.grid(images, nrow=min(n, 8)).save(buf, format="PNG")
         return Response(buf.getvalue(), media_type="image/png")
@@ -316,7 +308,7 @@ def create_app(models: Models, s: Settings) -> FastAPI:
             return error(400, "'t' must be a number in [0, 1]")
         z = generation.slerp(generation.noise(1, models.nz, a)[0], generation.noise(1, models.nz, b)[0], t)
         images = await asyncio.wait_for(models.g_batcher.submit(z[None].float()), s.timeout_s)
-        return Response(png_bytes(images[0]), media_type="image/png")
+        return Response(pictures.png_bytes(images[0]), media_type="image/png")
 
     @app.get("/")
     async def page():
