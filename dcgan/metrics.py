@@ -20,6 +20,7 @@ weights file: from a local path, or from the torch hub cache, where pytorch-fid 
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -461,7 +462,9 @@ def nearest_neighbours(queries: np.ndarray, reference: np.ndarray, device: str |
     device = torch.device(device)
     dim = int(np.prod(queries.shape[1:]))
     queries = np.ascontiguousarray(queries).reshape(len(queries), dim)
-    ref_flat = torch.from_numpy(np.ascontiguousarray(reference).reshape(len(reference), dim))
+    with warnings.catch_warnings():  # a read-only memmap of the training set: only read here, never copied
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        ref_flat = torch.from_numpy(np.ascontiguousarray(reference).reshape(len(reference), dim))
     k = min(candidates, len(reference))
     qrows = max(1, min(len(queries), max_block // dim, 4096))
     rows = max(1, min(len(reference), max_block // dim, max_block // qrows))

@@ -60,12 +60,29 @@ def make_prepared(dest: Path, n_train: int) -> Path:
     return dest
 
 
+def pipeline_products(root: Path = ROOT) -> list[str]:
+    """What a run of this checkout's pipeline wrote that git does not ignore: dvc.lock and the stages'
+    declared outputs, metrics and plots (after `make run` they sit untracked in the working tree)."""
+    products = ["dvc.lock"]
+    for stage in (yaml.safe_load((root / "dvc.yaml").read_text()).get("stages") or {}).values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind) or []:
+                products.append(next(iter(entry)) if isinstance(entry, dict) else entry)
+    return [p.rstrip("/") for p in products]
+
+
 def copy_repo(dest: Path, params: dict | None = None, demo_limit: int | None = None) -> Path:
     """Copy the project's files (tracked + untracked, not ignored) to `dest`, git init and commit there.
+    Untracked products of a pipeline run here (`make run` before `make test`) are left out: the copy is
+    the project's source, as a fresh clone has it.
     demo_limit: the demo stage writes only that many of its 5,000 digits (faster tests)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
-                           capture_output=True, check=True).stdout.decode().split("\0")
-    for f in filter(None, files):
+    def listed(*flags):
+        out = subprocess.run(["git", "ls-files", *flags, "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+        return [f for f in out.decode().split("\0") if f]
+    products = pipeline_products()
+    untracked = [f for f in listed("-o", "--exclude-standard")
+                 if not any(f == p or f.startswith(p + "/") for p in products)]
+    for f in listed("-c") + untracked:
         src = ROOT / f
         if src.is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
