@@ -63,11 +63,13 @@ def export_all(model: nn.Module, out_dir: Path, name: str) -> list[Path]:
 class OnnxModel:
     """An ONNX file behind the interface of a torch module: float tensor in, float tensor out (CPU)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, threads: int | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if threads:   # the server's model threads each run on their share of the cores (1: the calling thread)
+            opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
@@ -79,10 +81,10 @@ class OnnxModel:
         return self
 
 
-def load_runnable(path: Path, device="cpu"):
+def load_runnable(path: Path, device="cpu", threads: int | None = None):
     """A .pt saved by this project, a TorchScript .ts or an .onnx file -> (callable model, kind, config).
     kind is 'generator' or 'encoder'; config holds nz, image_size and channels (read from the file's
-    shapes for exported files)."""
+    shapes for exported files). threads: onnxruntime's intra-op threads (torch's are set per thread)."""
     from . import model as models
 
     path = Path(path)
@@ -95,7 +97,7 @@ def load_runnable(path: Path, device="cpu"):
         return m, kind, dict(m.config)
     if suffix == ".onnx":
         try:
-            m = OnnxModel(path)
+            m = OnnxModel(path, threads)
         except Exception as e:  # noqa: BLE001
             raise ValueError(f"'{path}' is not an ONNX model ({brief(e)})") from None
         shape = m.session.get_inputs()[0].shape

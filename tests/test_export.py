@@ -35,6 +35,10 @@ def test_exported_model_matches_eager(tmp_path, cls, kwargs, fmt):
         want, got = m(x), run(x)
     assert got.shape == want.shape
     assert (got - want).abs().max().item() < TOLERANCE
+    if fmt == "onnx":   # the server's model threads run onnxruntime on their share of the cores
+        one, _, _ = export.load_runnable(path, threads=1)
+        assert one.session.get_session_options().intra_op_num_threads == 1
+        assert (one(x) - want).abs().max().item() < TOLERANCE
 
 
 def test_export_stage_writes_four_files_and_refuses_a_swapped_model(tmp_path):

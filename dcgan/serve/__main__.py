@@ -37,12 +37,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def load(spec: str, stage: str | None, repo: str, want: str):
+def load(spec: str, stage: str | None, repo: str, want: str, threads: int | None = None):
     from ..export import load_runnable
 
     path, version = registry.resolve(spec, stage, repo)
     try:
-        model, kind, config = load_runnable(path)
+        model, kind, config = load_runnable(path, threads=threads)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     if kind != want:
@@ -73,12 +73,13 @@ def build(args) -> tuple:
     if not is_loopback(args.host) and not s.api_key:
         raise UserError(f"--host {args.host} is reachable from other machines: set {API_KEY_ENV} (a secret, never "
                         "in git) so that requests without it get 401")
-    G, config, s.version, g_path = load(args.model or default_generator(), args.stage, args.repo, "generator")
+    G, config, s.version, g_path = load(args.model or default_generator(), args.stage, args.repo, "generator",
+                                        s.torch_threads)
     E = None
     if args.encoder != "none":
         enc_spec = args.encoder
         if Path(enc_spec).exists() or registry.is_artifact_spec(enc_spec, None):
-            E, e_config, e_version, _ = load(enc_spec, None, args.repo, "encoder")
+            E, e_config, e_version, _ = load(enc_spec, None, args.repo, "encoder", s.torch_threads)
             if (e_config["nz"], e_config["image_size"], e_config["channels"]) != \
                     (config["nz"], config["image_size"], config["channels"]):
                 raise UserError(f"encoder '{enc_spec}' does not fit the generator (nz, size or channels differ)")
