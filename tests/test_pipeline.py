@@ -1,12 +1,16 @@
 """dvc integration: the whole DAG in a temporary copy of the repository."""
 import json
+import os
 import re
+import signal
+import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import copy_repo, set_params, sh
+from conftest import copy_repo, env, set_params, sh
 
 pytestmark = pytest.mark.integration
 
@@ -127,13 +131,29 @@ def test_queued_grid_of_four_experiments_runs_each_to_the_end(tmp_path):
     status = sh("dvc queue status", repo).stdout
     assert status.count("Queued") == 4, status
     t0 = time.monotonic()
-    sh("dvc queue start -j 2", repo)
-    while time.monotonic() - t0 < 600:
-        status = sh("dvc queue status", repo).stdout
-        if not re.search(r"\b(Queued|Running)\b", status):
-            break
-        time.sleep(2)
-    wall = time.monotonic() - t0
+    try:
+        # The workers are daemons that inherit the starter's stdout/stderr: with captured pipes the call
+        # would last until the last worker exits, and dvc-task's idle workers sometimes never do (seen once:
+        # all four experiments done, one worker idle for 8 minutes after "shutting down due to empty queue").
+        # So: output to a file, and the queue's status decides when the grid is done.
+        with open(tmp_path / "queue-start.log", "w") as log:
+            started = subprocess.run("dvc queue start -j 2", cwd=repo, shell=True, env=env(), stdout=log,
+                                     stderr=subprocess.STDOUT, timeout=120)
+        assert started.returncode == 0, (tmp_path / "queue-start.log").read_text()
+        while time.monotonic() - t0 < 600:
+            status = sh("dvc queue status", repo).stdout
+            if not re.search(r"\b(Queued|Running)\b", status):
+                break
+            time.sleep(2)
+        wall = time.monotonic() - t0
+    finally:
+        for pid_file in (repo / ".dvc/tmp/exps/celery").glob("*.pid"):   # no worker outlives the test
+            try:
+                pid = int(pid_file.read_text().strip())
+                if b"queue-worker" in Path(f"/proc/{pid}/cmdline").read_bytes():   # still that worker
+                    os.kill(pid, signal.SIGKILL)
+            except (ValueError, OSError):
+                pass
     assert status.count("Success") == 4 and "Failed" not in status, status
 
     every = train_metrics_of_experiments(repo)
