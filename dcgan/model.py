@@ -107,6 +107,15 @@ class Encoder(nn.Module):
 KINDS = {"generator": Generator, "discriminator": Discriminator, "encoder": Encoder}
 
 
+def encoder_misfit(encoder_config: dict, generator_config: dict) -> str | None:
+    """None when an encoder fits a generator (same nz, image size and channels); else both shapes, worded
+    to follow the encoder's name: "(for nz 9, 32 px, 1 channels) does not fit the generator (nz 8, ...)"."""
+    if all(encoder_config[k] == generator_config[k] for k in ("nz", "image_size", "channels")):
+        return None
+    shape = "nz {nz}, {image_size} px, {channels} channels"
+    return f"(for {shape.format(**encoder_config)}) does not fit the generator ({shape.format(**generator_config)})"
+
+
 def init_weights(m: nn.Module):
     """DCGAN init: conv weights N(0, 0.02); BatchNorm weight N(1, 0.02), bias 0."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):

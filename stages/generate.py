@@ -70,10 +70,9 @@ def load_encoder(path: Path | None, device, G):
         E = models.load(path, device, kind="encoder")
     except ValueError as e:
         raise cli.UserError(str(e)) from None
-    fits = all(E.config[k] == G.config[k] for k in ("nz", "image_size", "channels"))
-    if not fits:
-        shape = "nz {nz}, {image_size} px, {channels} channels"
-        why = f"{path} (for {shape.format(**E.config)}) does not fit the generator ({shape.format(**G.config)})"
+    misfit = models.encoder_misfit(E.config, G.config)
+    if misfit:
+        why = f"{path} {misfit}"
         if given:
             raise cli.UserError(f"--encoder {why}")
         print(f"{why}: inversion starts from random latents")

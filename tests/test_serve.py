@@ -243,6 +243,16 @@ def test_public_host_needs_an_api_key(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "DCGAN_API_KEY" in r.stderr
 
 
+def test_an_encoder_that_does_not_fit_the_generator_stops_the_server_with_one_line(tmp_path):
+    G, _ = tiny_models()
+    save(G, tmp_path / "g.pt")
+    save(Encoder(32, 1, NZ + 1, 8), tmp_path / "e.pt")               # one latent too many
+    r = subprocess.run([sys.executable, "-m", "dcgan.serve", "--model", str(tmp_path / "g.pt"),
+                        "--encoder", str(tmp_path / "e.pt"), "--port", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "e.pt" in r.stderr and f"nz {NZ + 1}" in r.stderr and f"generator (nz {NZ}," in r.stderr
+
+
 def test_registry_version_and_stage_resolve_through_dvc(tmp_path):
     """A version tag and a stage tag name commits; the file comes from the DVC remote (the cache is emptied)."""
     from conftest import sh

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import cli
 from ..errors import UserError
+from ..model import encoder_misfit
 from . import registry
 from .app import Models, Settings, create_app
 
@@ -80,9 +81,9 @@ def build(args) -> tuple:
         enc_spec = args.encoder
         if Path(enc_spec).exists() or registry.is_artifact_spec(enc_spec, None):
             E, e_config, e_version, _ = load(enc_spec, None, args.repo, "encoder", s.torch_threads)
-            if (e_config["nz"], e_config["image_size"], e_config["channels"]) != \
-                    (config["nz"], config["image_size"], config["channels"]):
-                raise UserError(f"encoder '{enc_spec}' does not fit the generator (nz, size or channels differ)")
+            misfit = encoder_misfit(e_config, config)
+            if misfit:
+                raise UserError(f"encoder '{enc_spec}' {misfit}")
             s.extra["encoder_version"] = e_version
         else:
             print(f"{enc_spec} not found: image -> embedding is off (dvc repro encoder)", file=sys.stderr)
