@@ -46,7 +46,6 @@ MB = 1e6
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
 from dcgan import data
 src, out, size, workers = Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]) or None
 settings = data.Settings(size, 3, "crop", "white", 89478485)
@@ -117,8 +116,10 @@ def warm(folder: Path) -> None:
 def run_once(repo: Path, folder: Path, out: Path, workers: int) -> dict:
     """prepare in a child process; its wall time, and the peak RSS / PSS of it plus its children."""
     t0 = time.perf_counter()
+    # PYTHONPATH: the chosen checkout's package, ahead of the one installed in the environment
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(repo), str(folder), str(out), str(SIZE), str(workers)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
     root = psutil.Process(proc.pid)
     peak_rss = peak_pss = 0
     while proc.poll() is None:

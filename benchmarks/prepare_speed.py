@@ -20,12 +20,11 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
-from dcgan import data  # noqa: E402
+from dcgan import data
 
 DEFAULT = ROOT.parent / "shared" / "datasets" / "pokemon" / "images"
 

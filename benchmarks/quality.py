@@ -23,15 +23,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from dcgan import data, generation, metrics, pictures, training  # noqa: E402
-from dcgan import model as models  # noqa: E402
-from dcgan import params as P  # noqa: E402
-from dcgan.device import pick_device  # noqa: E402
+from dcgan import data, generation, pictures, sampling, training
+from dcgan import model as models
+from dcgan import params as P
+from dcgan.device import pick_device
+from dcgan.metrics.swd import SWD
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "pokemon" / "images"
 PLAIN = {"diffaugment": "", "ema_halflife": 0, "loss": "bce", "spectral_norm": False, "r1_gamma": 0.0}
@@ -80,7 +80,7 @@ def main():
     bs = min(base["batch_size"], len(train))
     epochs = math.ceil(args.images / ((len(train) // bs) * bs))
     seen = epochs * (len(train) // bs) * bs
-    swd = metrics.SWD(test, seed=0, device=device)
+    swd = SWD(test, seed=0, device=device)
     floor = swd.distance(train)["mean"]
     print(f"{len(train)} train / {len(val)} val / {len(test)} test images at {args.image_size}px on {device}; "
           f"{epochs} epochs of batch {bs} = {seen} images per run; SWD floor (train vs test) {floor:.1f}")
@@ -111,7 +111,7 @@ def main():
                 for which in ("best", "last"):
                     G = models.load(Path(tmp) / "models" / ("generator_best.pt" if which == "best" else "generator.pt"),
                                     device)
-                    fake = generation.generate(G, z, device)
+                    fake = sampling.sample_images(G, z, device)
                     scores[which] = swd.distance(fake)["mean"]
                     if which == "best" and seed == 0:
                         pictures.save_png(pictures.grid(fake[:64], nrow=8), grids / f"{name}.png")

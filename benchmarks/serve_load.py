@@ -30,16 +30,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import aiohttp  # noqa: E402
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-import orjson  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import aiohttp
+import httpx
+import numpy as np
+import orjson
+import torch
+from PIL import Image
 
-from dcgan import model as models  # noqa: E402
+from dcgan import model as models
+from dcgan.archs.dcgan import Encoder, Generator, init_weights
 
 
 def demo_models(tmp: Path) -> tuple[Path, Path, str]:
@@ -47,8 +47,8 @@ def demo_models(tmp: Path) -> tuple[Path, Path, str]:
     if g.is_file() and e.is_file():
         return g, e, "trained demo model"
     torch.manual_seed(0)
-    models.save(models.Generator(32, 1, 100, 64).apply(models.init_weights), tmp / "g.pt")
-    models.save(models.Encoder(32, 1, 100, 64).apply(models.init_weights), tmp / "e.pt")
+    models.save(Generator(32, 1, 100, 64).apply(init_weights), tmp / "g.pt")
+    models.save(Encoder(32, 1, 100, 64).apply(init_weights), tmp / "e.pt")
     return tmp / "g.pt", tmp / "e.pt", "untrained models of the demo's shape (run `make run` for the trained one)"
 
 

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from dcgan.model import Discriminator, Generator, init_weights  # noqa: E402
-from dcgan.device import memory_format, pick_device  # noqa: E402
-from dcgan.engine import train_step  # noqa: E402
+from dcgan.archs.dcgan import Discriminator, Generator, init_weights
+from dcgan.device import memory_format, pick_device
+from dcgan.engine import train_step
 
 
 def images_per_s(fmt, args, device) -> float:

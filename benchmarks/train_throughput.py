@@ -23,18 +23,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
-from dcgan import data as datamod  # noqa: E402
-from dcgan.device import adam, memory_format, pick_device, resolve, synchronize  # noqa: E402
-from dcgan.engine import ResidentData, Stepper, train_step  # noqa: E402
-from dcgan.images import EXTENSION_FORMATS  # noqa: E402
-from dcgan.model import Discriminator, Generator, init_weights  # noqa: E402
+from dcgan import data as datamod
+from dcgan.device import adam, memory_format, pick_device, resolve, synchronize
+from dcgan.engine import ResidentData, Stepper, train_step
+from dcgan.images import EXTENSION_FORMATS
+from dcgan.archs.dcgan import Discriminator, Generator, init_weights
 
 POKEMON = ROOT.parent / "shared" / "datasets" / "pokemon"
 NZ = 100
@@ -135,7 +134,7 @@ def ours(images: np.ndarray, bs, steps, warmup, device, params: dict, log=lambda
             t0 = time.perf_counter()
         j = i % per_epoch
         stepper.step(data, perm[j * bs:(j + 1) * bs])
-    stepper.read_sums(steps)
+    stepper.read_stats(steps)
     synchronize(device)
     return steps * bs / (time.perf_counter() - t0), flops, fast, stepper
 

@@ -1,9 +1,9 @@
 """The resumable checkpoint: what it holds, when it may be resumed, and the RNG state that makes resume exact.
 
 DVC 3 has no training checkpoints, so resume is ours. A checkpoint is resumed only when its fingerprint
-equals the current one: the training params, the prepared data, the torch version, and the source of
-every project module the training loop executes (derived from its imports, see sources.py). Anything
-else starts fresh, with one line that names what changed.
+equals the current one: the params that change the weights (declared in params.py), the prepared data, the
+torch version, and the source of every project module the training loop executes (derived from its imports,
+see sources.py). Anything else starts fresh, with one line that names what changed.
 """
 from __future__ import annotations
 
@@ -15,12 +15,10 @@ import numpy as np
 import torch
 
 from . import sources
+from .files import atomic_torch_save
+from .params import WEIGHT_KEYS
 
-# Params that change the trajectory of training. epochs, sample_every, checkpoint_every, eval_every, fid_weights
-# and device don't;
-# precision, channels_last and compile do, a little: fingerprint() records what they resolved to.
-FINGERPRINT_KEYS = ("nz", "ngf", "ndf", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "seed", "diffaugment", "loss",
-                    "spectral_norm", "r1_gamma", "r1_every", "ema_halflife", "ema_rampup")
+TRAINING_LOOP = Path(__file__).with_name("training.py")   # its code and what it imports is fingerprinted
 
 
 def data_hash(*arrays: np.ndarray, block: int = 4096) -> str:
@@ -35,14 +33,14 @@ def data_hash(*arrays: np.ndarray, block: int = 4096) -> str:
 
 def training_code() -> dict[str, str]:
     """sha256 of every project file the training loop imports (dcgan/training.py and what it pulls in)."""
-    from . import training
-    return sources.digests(sources.project_files(Path(training.__file__)))
+    return sources.digests(sources.project_files(TRAINING_LOOP))
 
 
 def fingerprint(p: dict, train: np.ndarray, val: np.ndarray, fast: dict | None = None) -> dict:
-    """fast: the resolved fast path (device.FastPath.as_dict()) less what never changes the numbers."""
+    """fast: the resolved fast path (device.FastPath.as_dict()), recorded in place of the `auto` params
+    (precision, channels_last, compile), less what never changes the numbers."""
     fast = {k: v for k, v in (fast or {}).items() if k != "cuda_graph"}
-    return {**{k: p[k] for k in FINGERPRINT_KEYS}, **fast, "data_sha256": data_hash(train, val),
+    return {**{k: p[k] for k in WEIGHT_KEYS}, **fast, "data_sha256": data_hash(train, val),
             "torch": str(torch.__version__), "code": training_code()}
 
 
@@ -62,8 +60,8 @@ def _what_changed(old: dict, new: dict) -> list[str]:
     return out
 
 
-def load(path: Path, fp: dict) -> tuple[dict | None, str]:
-    """(checkpoint or None, one-line reason when it is not used)."""
+def load(path: Path, fp: dict, epochs: int | None = None) -> tuple[dict | None, str]:
+    """(checkpoint or None, one line saying why it is resumed or not). epochs: a checkpoint past it is not."""
     if not path.is_file():
         return None, "no checkpoint: starting fresh"
     try:
@@ -75,7 +73,19 @@ def load(path: Path, fp: dict) -> tuple[dict | None, str]:
     if changed:
         return None, (f"checkpoint at epoch {epoch} was made with different settings "
                       f"({'; '.join(changed)}): starting fresh")
+    if epochs is not None and epoch > epochs:
+        return None, f"checkpoint is at epoch {epoch}, past epochs={epochs}: starting fresh"
     return ckpt, f"resuming from checkpoint at epoch {epoch}"
+
+
+def save(path: Path, fp: dict, epoch: int, summary: dict, G, D, opt_g, opt_d, fixed_noise, rng: list, ema, best):
+    """Everything a resume needs, written atomically (a kill mid-write leaves the previous checkpoint)."""
+    atomic_torch_save({
+        "fingerprint": fp, "epoch": epoch, "wall_s": summary["wall_s"], "summary": summary,
+        "G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+        "fixed_noise": fixed_noise, "rng": rng, "G_ema": ema.state_dict() if ema is not None else None,
+        "best": best.state_dict(),
+    }, path)
 
 
 # ---- RNG state, stored in a form torch.load(weights_only=True) accepts ----

@@ -51,7 +51,7 @@ class FastPath:
 
 
 def resolve(p: dict, device: torch.device, distributed: bool = False) -> FastPath:
-    """The `auto` params made concrete for `device`, from what measured fastest there (see README, Speed)."""
+    """The `auto` params made concrete for `device`, from what measured fastest there (see docs/speed.md)."""
     precision = p.get("precision", "fp32")
     if precision == "auto":
         if device.type == "cuda":
@@ -65,7 +65,7 @@ def resolve(p: dict, device: torch.device, distributed: bool = False) -> FastPat
         channels_last = device.type in ("cpu", "cuda")   # NHWC convolutions in oneDNN and cuDNN
     compile_ = p.get("compile", "auto")
     if compile_ == "auto":
-        compile_ = False                 # measured: see README, Speed
+        compile_ = False                 # measured: see docs/speed.md
     # CUDA graphs: on wherever CUDA is (the step falls back to eager when capture fails); "cuda_graph": False
     # in p turns them off (benchmarks compare both)
     # under DDP the gradient all-reduce runs in backward hooks, which a captured graph would freeze: no graph

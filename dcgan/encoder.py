@@ -14,17 +14,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .device import adam, autocast, memory_format, resolve
-from .model import Encoder, init_weights
+from . import archs
 
 
 def train_encoder(G, steps: int, batch: int, lr: float, pixel_weight: float, seed: int, device,
-                  width: int = 64, progress: bool = True, log=print) -> tuple[Encoder, dict]:
+                  width: int = 64, progress: bool = True, log=print) -> tuple[torch.nn.Module, dict]:
     """Returns (E in eval mode, summary with the final latent and pixel losses and wall time)."""
     torch.manual_seed(seed)  # E's initial weights
     cfg = G.config
     fast = resolve({"precision": "auto", "channels_last": "auto"}, torch.device(device))   # as the train stage
     fmt = memory_format(torch.device(device), fast.channels_last)
-    E = Encoder(cfg["image_size"], cfg["channels"], cfg["nz"], width).apply(init_weights)
+    arch = archs.REGISTRY.get(archs.identify(G)[0])    # the encoder of the generator's architecture
+    E = arch.encoder(cfg["image_size"], cfg["channels"], cfg["nz"], width).apply(arch.init_weights)
     E = E.to(device, memory_format=fmt).train()
     G = G.to(device, memory_format=fmt).eval().requires_grad_(False)
     opt = adam(E.parameters(), lr, (0.5, 0.999), torch.device(device))

@@ -14,24 +14,30 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import losses, pictures
+from . import losses, params, pictures
 from .device import FastPath, autocast
+from .distributed import all_mean
 from .errors import brief
-from .model import frozen_batchnorm
+from .losses.r1 import r1_penalty
+from .sampling import frozen_batchnorm
 
 GRAPH_WARMUP_STEPS = 3  # eager steps (on a side stream) before the CUDA graph is captured, as CUDA requires
+# What the step measures, summed on the device over an epoch (read once per epoch: no host sync inside it).
+# r1 is averaged over the steps that computed it.
+STATS = ("loss_d", "loss_g", "d_real", "d_fake", "r1")
 
 
-def train_step(G, D, opt_g, opt_d, x: torch.Tensor, z: torch.Tensor, autocast_ctx, loss: str = "bce",
+def train_step(G, D, opt_g, opt_d, x: torch.Tensor, z: torch.Tensor, autocast_ctx, loss: losses.Loss | None = None,
                augment=None):
-    """One GAN step: D on real x and detached G(z), then G through D. `loss`: see losses.py; `augment`: a
-    DiffAugment (or None) applied to every image D sees, in both steps.
+    """One GAN step: D on real x and detached G(z), then G through D. `loss`: a losses.Loss (default: the
+    `loss` param's default); `augment`: a DiffAugment (or None) applied to every image D sees, in both steps.
     Returns (loss_d, loss_g, D's logits on x, D's logits on G(z) before D's update)."""
+    loss = loss or losses.build(params.SCHEMA["loss"].default)
     aug = augment if augment else (lambda t: t)
     with autocast_ctx:
         fake = G(z)
         out_real, out_fake = D(aug(x)), D(aug(fake.detach()))
-        loss_d = losses.d_loss(loss, out_real, out_fake)
+        loss_d = loss.d(out_real.float(), out_fake.float())
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
@@ -41,7 +47,7 @@ def train_step(G, D, opt_g, opt_d, x: torch.Tensor, z: torch.Tensor, autocast_ct
     D.requires_grad_(False)
     try:
         with autocast_ctx:
-            loss_g = losses.g_loss(loss, D_g(aug(fake)))
+            loss_g = loss.g(D_g(aug(fake)).float())
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
     finally:
@@ -70,16 +76,16 @@ class ResidentData:
 
 
 class Stepper:
-    """Runs `train_step` over index batches; sums loss_d, loss_g, mean D(x), mean D(G(z)) on the device."""
+    """Runs `train_step` over index batches; sums the STATS on the device."""
 
     def __init__(self, G, D, opt_g, opt_d, nz: int, fast: FastPath, device: torch.device, log=print,
-                 loss: str = "bce", augment=None, r1_gamma: float = 0.0, r1_every: int = 16):
+                 loss: losses.Loss | None = None, augment=None, r1_gamma: float = 0.0, r1_every: int = 16):
         self.G, self.D, self.opt_g, self.opt_d, self.nz = G, D, opt_g, opt_d, nz
         self.loss, self.augment, self.r1_gamma, self.r1_every = loss, augment, r1_gamma, r1_every
         self.steps_done, self.r1_steps = 0, 0
         self.device, self.fast, self.log = device, fast, log
         self.autocast = autocast(device, fast.precision, cache=not fast.cuda_graph)
-        self.sums = torch.zeros(5, device=device)  # loss_d, loss_g, D(x), D(G(z)), R1 penalty
+        self.sums = torch.zeros(len(STATS), device=device)
         self.G_step, self.D_step = G, D
         # R1 updates D outside the captured step; that mix is not verified on a GPU yet: no graph with R1
         self.use_graph = fast.cuda_graph and device.type == "cuda" and r1_gamma == 0
@@ -133,12 +139,12 @@ class Stepper:
         x = data.batch(idx)
         if self.augment:
             x = self.augment(x)
-        penalty = losses.r1_penalty(self.D, x)
+        penalty = r1_penalty(self.D, x)
         self.opt_d.zero_grad(set_to_none=True)
         (penalty * (self.r1_gamma / 2 * self.r1_every)).backward()
         self.opt_d.step()
         with torch.no_grad():
-            self.sums[4] += penalty.detach()
+            self.sums[STATS.index("r1")] += penalty.detach()
         self.r1_steps += 1
 
     def _main_step(self, data: ResidentData, idx: torch.Tensor):
@@ -165,7 +171,7 @@ class Stepper:
         loss_d, loss_g, out_real, out_fake = train_step(self.G_step, self.D_step, self.opt_g, self.opt_d, x, z,
                                                         self.autocast, self.loss, self.augment)
         with torch.no_grad():
-            self.sums[:4] += torch.stack([loss_d.float(), loss_g.float(), torch.sigmoid(out_real.float()).mean(),
+            self.sums[:4] += torch.stack([  # loss_d, loss_g, d_real, d_fakeloss_d.float(), loss_g.float(), torch.sigmoid(out_real.float()).mean(),
                                           torch.sigmoid(out_fake.float()).mean()])
 
     def _capture(self, data: ResidentData, idx: torch.Tensor) -> bool:
@@ -190,14 +196,16 @@ class Stepper:
     def compiled(self) -> bool:
         return self.G_step is not self.G
 
-    def read_sums(self, steps: int, world=None) -> list[float]:
-        """Means over the epoch's steps and the ranks (the one host sync per epoch); then zero them.
-        The R1 mean is over the steps that computed it."""
-        from .distributed import all_mean
-        means = self.sums / torch.tensor([max(steps, 1)] * 4 + [max(self.r1_steps, 1)], device=self.sums.device)
+    def read_stats(self, steps: int, world=None) -> dict[str, float]:
+        """The STATS' means over the epoch's steps and the ranks (the one host sync per epoch); then zero the
+        sums. r1 only when R1 is on."""
+        counts = [max(self.r1_steps if name == "r1" else steps, 1) for name in STATS]
+        means = self.sums / torch.tensor(counts, device=self.sums.device)
         self.r1_steps = 0
         if world is not None:
             means = all_mean(means, world)
-        means = means.tolist()
+        stats = dict(zip(STATS, means.tolist()))
         self.sums.zero_()
-        return means
+        if self.r1_gamma <= 0:
+            del stats["r1"]
+        return stats

@@ -14,28 +14,33 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import archs
 from .errors import brief
-from .model import Generator
 
 FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}
 ONNX_OPSET = 17
 
 
+def kind_of(model: nn.Module) -> str:
+    """'generator' or 'encoder' (what export handles), for a network of any registered architecture."""
+    return archs.identify(model)[1]
+
+
 def example_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
     c = model.config
-    if isinstance(model, Generator):
+    if kind_of(model) == "generator":
         return torch.randn(batch, c["nz"])
     return torch.rand(batch, c["channels"], c["image_size"], c["image_size"]) * 2 - 1
 
 
 def io_names(model: nn.Module) -> tuple[str, str]:
-    return ("z", "image") if isinstance(model, Generator) else ("image", "z")
+    return ("z", "image") if kind_of(model) == "generator" else ("image", "z")
 
 
 def export_torchscript(model: nn.Module, path: Path) -> Path:
     """Traced (the networks have no data-dependent control flow); kind and config ride along as an extra file."""
     model = model.cpu().eval()
-    kind = "generator" if isinstance(model, Generator) else "encoder"
+    kind = kind_of(model)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still the portable format
         traced = torch.jit.trace(model, example_input(model))
@@ -93,7 +98,7 @@ def load_runnable(path: Path, device="cpu", threads: int | None = None):
     suffix = path.suffix.lower()
     if suffix == ".pt":
         m = models.load(path, device)
-        kind = next(k for k, cls in models.KINDS.items() if isinstance(m, cls))
+        kind = kind_of(m)
         return m, kind, dict(m.config)
     if suffix == ".onnx":
         try:

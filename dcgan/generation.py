@@ -1,7 +1,7 @@
 """Using a trained generator: sample images, latent -> image, image -> latent (projection), interpolation.
 
-The generator always runs in eval mode (BatchNorm running statistics), so an image depends only on
-its own z, never on what else is in the batch.
+Images come from `sampling.sample_images` (the generator in eval mode: an image depends only on its own z,
+never on what else is in the batch).
 """
 from __future__ import annotations
 
@@ -17,21 +17,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import pictures
+from . import pictures, sampling
 from .errors import UserError
 from .images import EXTENSION_FORMATS, BadImage, decode
 
-BATCH = 256
+NOISE_BATCH = 256  # latents write_samples draws from its generator per step: changing it changes every image
 _SAFE_KEY = re.compile(r"^[^/\\\x00-\x1f]+$")
 MAX_KEY_BYTES = 200  # <key>.png and its temporary name stay under the usual 255-byte file name limit
-
-
-@torch.no_grad()
-def generate(G, z: torch.Tensor, device, batch: int = BATCH) -> np.ndarray:
-    """z (N, nz) -> uint8 images (N, C, H, W), in batches."""
-    G.eval()
-    out = [pictures.to_uint8(G(z[i:i + batch].to(device))) for i in range(0, len(z), batch)]
-    return np.concatenate(out) if out else np.zeros((0,), np.uint8)
 
 
 def noise(n: int, nz: int, seed: int) -> torch.Tensor:
@@ -44,11 +36,11 @@ def write_samples(G, out_dir: Path, n: int, seed: int, device, progress: bool = 
     gen = torch.Generator().manual_seed(seed)
     width = max(6, len(str(n - 1)))
     with tqdm(total=n, desc="generate", unit="img", disable=not progress, dynamic_ncols=True) as bar:
-        for start in range(0, n, BATCH):
-            m = min(BATCH, n - start)
+        for start in range(0, n, NOISE_BATCH):
+            m = min(NOISE_BATCH, n - start)
             # Always draw a full batch of noise: image i is then the same whatever n is
             # (torch draws short and long normal runs with different algorithms).
-            imgs = generate(G, torch.randn(BATCH, G.nz, generator=gen)[:m], device)
+            imgs = sampling.sample_images(G, torch.randn(NOISE_BATCH, G.nz, generator=gen)[:m], device)
             for j, img in enumerate(imgs):
                 pictures.to_pil(img).save(out_dir / f"{start + j:0{width}d}.png")
             bar.update(m)
@@ -70,7 +62,7 @@ def interpolation(G, seed: int, device, rows: int = 4, steps: int = 10) -> np.nd
     ends = noise(2 * rows, G.nz, seed)
     z = torch.stack([slerp(ends[2 * r], ends[2 * r + 1], t) for r in range(rows)
                      for t in np.linspace(0, 1, steps)])
-    return generate(G, z, device)
+    return sampling.sample_images(G, z, device)
 
 
 # ---- latent -> image -------------------------------------------------------------------------
@@ -144,10 +136,11 @@ def parse_latents(text: str, nz: int) -> tuple[list[tuple[str, list[float]]], li
 
 
 def latents_to_images(G, rows: list[tuple[str, list[float]]], out_dir: Path, device) -> int:
+    """out_dir/<key>.png for each (key, z), a batch at a time (memory stays flat however many rows)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for start in range(0, len(rows), BATCH):
-        chunk = rows[start:start + BATCH]
-        imgs = generate(G, torch.tensor([z for _, z in chunk], dtype=torch.float32), device)
+    for start in range(0, len(rows), sampling.BATCH):
+        chunk = rows[start:start + sampling.BATCH]
+        imgs = sampling.sample_images(G, torch.tensor([z for _, z in chunk], dtype=torch.float32), device)
         for (key, _), img in zip(chunk, imgs):
             pictures.to_pil(img).save(out_dir / f"{key}.png")
     return len(rows)

@@ -1,13 +1,20 @@
-"""The params.yaml schema: every key, its type, its allowed values, and one line of help.
+"""Every param of the pipeline, declared once: type, allowed values, default, help, the stages that read it,
+and whether it changes the trained weights.
 
-params.yaml is flat on purpose (nanoGPT-style): `dvc exp run -S epochs=5000` only works for
-top-level keys that already exist in the file. Each stage calls `load(stage)`, which checks
-the whole file for unknown keys (a typo like `epoch:` is reported with the closest valid key)
-and then validates the keys that stage reads, before any work is done.
+Everything else derives from the declaration below: `STAGE_KEYS` (the stages' keys), `WEIGHT_KEYS` (the
+checkpoint fingerprint), the allowed values of the params that name registered parts (`loss`, `diffaugment`,
+`arch`), and through dcgan/declared.py params.yaml, dvc.yaml's `params:` lists and the parameter reference
+docs/params.md (`python -m dcgan.declared --write` rewrites them; a test fails when they differ).
+
+params.yaml is flat on purpose (nanoGPT-style): `dvc exp run -S epochs=5000` only works for top-level keys
+that already exist in the file. Each stage calls `load(stage)`, which checks the whole file for unknown keys
+(a typo like `epoch:` is reported with the closest valid key) and then validates the keys that stage reads,
+before any work is done.
 """
 from __future__ import annotations
 
 import difflib
+import importlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +25,7 @@ import yaml
 from .errors import UserError, brief
 
 PARAMS_FILE = Path("params.yaml")
+STAGES = ("prepare", "train", "encoder", "export", "generate", "evaluate")
 
 
 class ParamError(UserError, ValueError):
@@ -28,43 +36,86 @@ class ParamError(UserError, ValueError):
 class Param:
     name: str
     kind: type | tuple[type, ...]
+    default: Any
     help: str
-    check: Callable[[Any], str | None] | None = None  # returns a description of what is allowed when invalid
+    stages: tuple[str, ...]          # the stages that read it (dvc.yaml's `params:` lists)
+    changes_weights: bool            # True: a change retrains (train: part of the checkpoint fingerprint)
+    check: Callable[[Any], str | None] | None = None  # returns what is allowed, when the value is not
+    section: str = ""
 
 
-def _power_of_two(lo: int, hi: int):
+# ---- checks: each returns None when the value is allowed, else what is allowed ----
+
+def allowed(description: str):
+    """Label a check with what it allows, for the parameter reference."""
+    def label(check):
+        check.allowed = description
+        return check
+    return label
+
+
+def power_of_two(lo: int, hi: int):
+    @allowed(f"a power of two from {lo} to {hi}")
     def check(v):
         if not (lo <= v <= hi and v & (v - 1) == 0):
             return f"must be a power of two from {lo} to {hi}"
     return check
 
 
-def _between(lo, hi, lo_open=False, hi_open=False):
+def between(lo, hi, lo_open=False, hi_open=False):
+    interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+    @allowed(interval)
     def check(v):
         ok_lo = v > lo if lo_open else v >= lo
         ok_hi = v < hi if hi_open else v <= hi
         if not (ok_lo and ok_hi):
-            left = "(" if lo_open else "["
-            right = ")" if hi_open else "]"
-            return f"must be in {left}{lo}, {hi}{right}"
+            return f"must be in {interval}"
     return check
 
 
-def _at_least(lo):
+def at_least(lo):
+    @allowed(f">= {lo}")
     def check(v):
         if v < lo:
             return f"must be >= {lo}"
     return check
 
 
-def _one_of(*choices):
+def one_of(*choices):
+    @allowed(", ".join(f"`{c}`" for c in choices))
     def check(v):
         if v not in choices:
             return "must be one of " + ", ".join(repr(c) for c in choices)
     return check
 
 
-def _colour(v):
+@allowed("`auto`, `true`, `false`")
+def auto_or_bool(v):
+    if v not in (True, False, "auto"):
+        return "must be auto, true or false"
+
+
+def registered(family: str, comma_separated: bool = False):
+    """A name (or comma-separated names; '' and 'none' = none) from the registry of dcgan.<family>. The
+    registry is imported only when the value is checked, by a stage that uses the parts anyway."""
+    def names() -> tuple[str, ...]:
+        return importlib.import_module(f"dcgan.{family}").REGISTRY.names()
+
+    def check(v):
+        wanted = [s.strip() for s in v.split(",")] if comma_separated else [v]
+        for name in wanted:
+            if comma_separated and name in ("", "none"):
+                continue
+            if name not in names():
+                return (f"has an unknown name '{name}' (choose from {', '.join(names())}"
+                        + (", comma-separated)" if comma_separated else ")"))
+    check.registry = family
+    return check
+
+
+@allowed("a colour name or `#rrggbb`")
+def colour(v):
     from PIL import ImageColor
 
     try:
@@ -73,106 +124,142 @@ def _colour(v):
         return "must be a colour name or hex code such as 'white', 'black' or '#ff8800'"
 
 
-DIFFAUGMENT_POLICIES = ("color", "translation", "cutout")  # augment.POLICIES; a test keeps the two equal
-
-
-def _policy(v):
-    for name in (s.strip() for s in v.split(",")):
-        if name and name != "none" and name not in DIFFAUGMENT_POLICIES:
-            return f"has an unknown augmentation '{name}' (choose from {', '.join(DIFFAUGMENT_POLICIES)}, comma-separated)"
-
-
-def _nonempty(v):
+@allowed("a non-empty path")
+def nonempty(v):
     if not v.strip():
         return "must not be empty"
 
 
-SCHEMA: dict[str, Param] = {
-    p.name: p
-    for p in [
-        # data (prepare)
-        Param("source", str, "folder or .zip of images to train on", _nonempty),
-        Param("image_size", int, "side of the square training images (power of two, 32-256)", _power_of_two(32, 256)),
-        Param("channels", int, "1 (grayscale) or 3 (RGB)", _one_of(1, 3)),
-        Param("resize", str, "crop: center-crop then resize; pad: fit inside and pad with background", _one_of("crop", "pad")),
-        Param("background", str, "colour that transparency is composited over and padding is filled with", _colour),
-        Param("val_fraction", float, "share of images held out for validation (overfitting signal)", _between(0, 0.5)),
-        Param("test_fraction", float, "share of images held out for evaluation", _between(0, 0.5)),
-        Param("max_skipped_fraction", float, "fail when more than this share of files is unusable", _between(0, 1)),
-        Param("max_image_pixels", int, "larger images are rejected from their header (decompression bombs)", _at_least(1)),
-        Param("max_file_bytes", int, "larger files or zip members are skipped before they are read", _at_least(1)),
-        # model
-        Param("nz", int, "length of the latent vector z", _between(1, 4096)),
-        Param("ngf", int, "generator width (channels of its last hidden layer)", _between(1, 1024)),
-        Param("ndf", int, "discriminator width (channels of its first layer)", _between(1, 1024)),
-        # training
-        Param("epochs", int, "total epochs; raising it continues a finished run", _at_least(1)),
-        Param("batch_size", int, "images per training step", _between(1, 65536)),
-        Param("lr_g", float, "Adam learning rate of the generator", _between(0, 1, lo_open=True)),
-        Param("lr_d", float, "Adam learning rate of the discriminator", _between(0, 1, lo_open=True)),
-        Param("beta1", float, "Adam beta1 (0.5 in the DCGAN paper)", _between(0, 1, hi_open=True)),
-        Param("beta2", float, "Adam beta2", _between(0, 1, hi_open=True)),
-        Param("seed", int, "seed of weights, shuffling and noise", _at_least(0)),
-        Param("device", str, "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
-              lambda v: None if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit())
-              else "must be auto, cpu, cuda, cuda:N or mps"),
-        Param("precision", str, "auto (the fastest measured for the device), fp32, or bf16 autocast",
-              _one_of("auto", "fp32", "bf16")),
-        Param("channels_last", (bool, str), "NHWC memory layout: auto (on for CPU and CUDA), true or false",
-              lambda v: None if v in (True, False, "auto") else "must be auto, true or false"),
-        Param("compile", (bool, str), "torch.compile G and D: auto (the fastest measured for the device), "
-              "true or false; a compiler failure falls back to eager",
-              lambda v: None if v in (True, False, "auto") else "must be auto, true or false"),
-        Param("nproc", int, "training processes on this machine (one per GPU; >1 runs torchrun with DDP)",
-              _between(1, 1024)),
-        Param("nnodes", int, "machines taking part (>1: start the same run on each, see README)", _between(1, 4096)),
-        Param("rdzv_endpoint", str, "host:port of the first machine when nnodes > 1 ('' otherwise)"),
-        Param("sample_every", (int, str), "log a grid of samples every N epochs, or 'auto' (about 100 per run, "
-              "denser early)", lambda v: None if v == "auto" or (isinstance(v, int) and v >= 1)
-              else "must be 'auto' or an int >= 1"),
-        Param("checkpoint_every", int, "write the resumable checkpoint every N epochs", _at_least(1)),
-        # quality options (train)
-        Param("diffaugment", str, "DiffAugment policy: comma-separated color, translation, cutout; '' = off",
-              _policy),
-        Param("loss", str, "bce (non-saturating, DCGAN) or hinge", _one_of("bce", "hinge")),
-        Param("spectral_norm", bool, "spectral normalisation of D's convs (and no BatchNorm in D)"),
-        Param("r1_gamma", float, "weight of the R1 gradient penalty on real images; 0 = off", _between(0, 1e6)),
-        Param("r1_every", int, "compute R1 every N steps (weight scaled by N, as StyleGAN2)", _between(1, 1_000_000)),
-        Param("ema_halflife", int, "half-life in images of the EMA of G's weights; 0 = off", _between(0, 10**12)),
-        Param("ema_rampup", float, "EMA half-life at most this x images seen (0 = no ramp-up)", _between(0, 1)),
-        Param("eval_every", int, "score the generator (SWD, FID/KID) every N epochs and keep the best; 0 = off",
-              _at_least(0)),
-        Param("generator", str, "generator that generate/evaluate use: best (lowest SWD in training) or last",
-              _one_of("best", "last")),
-        # generate
-        Param("num_images", int, "images the generate stage writes (and evaluate scores)", _between(1, 10_000_000)),
-        Param("generate_seed", int, "seed of the generate stage's noise", _at_least(0)),
-        Param("invert_steps", int, "optimisation steps when projecting images to latents, from the encoder's guess "
-              "(0 = the encoder alone)", _between(0, 100_000)),
-        # encoder
-        Param("encoder_steps", int, "training steps of the encoder (image -> latent) on the generator's samples",
-              _between(1, 10_000_000)),
-        Param("encoder_lr", float, "Adam learning rate of the encoder", _between(0, 1, lo_open=True)),
-        Param("encoder_pixel_weight", float, "weight of the pixel loss ||G(E(G(z))) - G(z)||^2 beside the latent loss",
-              _between(0, 1e6)),
-        # evaluate
-        Param("fid_weights", str, "path to pt_inception-2015-12-05-6726825d.pth ('' = torch hub cache)"),
-        Param("memorisation_k", int, "generated images searched for their nearest training image", _between(1, 100_000)),
-    ]
-}
+@allowed("`auto`, `cpu`, `cuda`, `cuda:N`, `mps`")
+def device_name(v):
+    if not (v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit())):
+        return "must be auto, cpu, cuda, cuda:N or mps"
 
-STAGE_KEYS: dict[str, list[str]] = {
-    "prepare": ["source", "image_size", "channels", "resize", "background", "val_fraction", "test_fraction",
-                "max_skipped_fraction", "max_image_pixels", "max_file_bytes"],
-    "train": ["nz", "ngf", "ndf", "epochs", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "seed", "device",
-              "precision", "channels_last", "compile", "nproc", "nnodes", "rdzv_endpoint", "sample_every",
-              "checkpoint_every", "diffaugment", "loss", "spectral_norm", "r1_gamma", "r1_every", "ema_halflife",
-              "ema_rampup", "eval_every", "fid_weights"],
-    "encoder": ["encoder_steps", "encoder_lr", "encoder_pixel_weight", "seed", "device", "generator"],
-    "generate": ["num_images", "generate_seed", "invert_steps", "device", "generator"],
-    "export": ["generator"],
-    "evaluate": ["fid_weights", "memorisation_k", "device", "seed", "invert_steps", "generator"],
+
+@allowed("`auto` or an int >= 1")
+def auto_or_positive_int(v):
+    if not (v == "auto" or (isinstance(v, int) and v >= 1)):
+        return "must be 'auto' or an int >= 1"
+
+
+# ---- the declaration ----
+# (name, type, default, help, stages, changes_weights, check), in sections as params.yaml shows them
+
+_SECTIONS: list[tuple[str, list[tuple]]] = [
+    ("prepare: images -> data/prepared/{train,val,test}.npy", [
+        ("source", str, "data/demo", "folder (searched recursively) or .zip of images to train on; "
+         "data/demo = the built-in digits", ("prepare",), True, nonempty),
+        ("image_size", int, 32, "side of the square training images (a power of two, 32-256)", ("prepare",), True,
+         power_of_two(32, 256)),
+        ("channels", int, 1, "1 (grayscale) or 3 (RGB)", ("prepare",), True, one_of(1, 3)),
+        ("resize", str, "crop", "crop: center-crop then resize; pad: fit inside and pad with background",
+         ("prepare",), True, one_of("crop", "pad")),
+        ("background", str, "white", "colour that transparency is composited over and padding is filled with "
+         "(a name or '#rrggbb')", ("prepare",), True, colour),
+        ("val_fraction", float, 0.1, "share of images held out for validation (the overfitting signal d_val)",
+         ("prepare",), True, between(0, 0.5)),
+        ("test_fraction", float, 0.1, "share of images held out for the evaluate stage", ("prepare",), True,
+         between(0, 0.5)),
+        ("max_skipped_fraction", float, 0.1, "fail when more than this share of files is unusable", ("prepare",),
+         False, between(0, 1)),
+        ("max_image_pixels", int, 89478485, "larger images are rejected from their header (decompression bombs)",
+         ("prepare",), True, at_least(1)),
+        ("max_file_bytes", int, 268435456, "larger files or zip members are skipped before they are read "
+         "(256 MiB)", ("prepare",), True, at_least(1)),
+    ]),
+    ("model", [
+        ("arch", str, "dcgan", "architecture of G, D and the encoder, by name (dcgan/archs/)", ("train",), True,
+         registered("archs")),
+        ("nz", int, 100, "length of the latent vector z", ("train",), True, between(1, 4096)),
+        ("ngf", int, 64, "generator width (channels of its last hidden layer)", ("train",), True, between(1, 1024)),
+        ("ndf", int, 64, "discriminator width (channels of its first layer)", ("train",), True, between(1, 1024)),
+    ]),
+    ("train", [
+        ("epochs", int, 20, "total epochs; raising it continues a finished run from its checkpoint", ("train",),
+         False, at_least(1)),
+        ("batch_size", int, 32, "images per training step", ("train",), True, between(1, 65536)),
+        ("lr_g", float, 0.0002, "Adam learning rate of the generator", ("train",), True, between(0, 1, lo_open=True)),
+        ("lr_d", float, 0.0002, "Adam learning rate of the discriminator", ("train",), True,
+         between(0, 1, lo_open=True)),
+        ("beta1", float, 0.5, "Adam beta1 (0.5 in the DCGAN paper)", ("train",), True, between(0, 1, hi_open=True)),
+        ("beta2", float, 0.999, "Adam beta2", ("train",), True, between(0, 1, hi_open=True)),
+        ("seed", int, 0, "seed of weights, shuffling and noise (and of the encoder and evaluate stages)",
+         ("train", "encoder", "evaluate"), True, at_least(0)),
+        ("device", str, "auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
+         ("train", "encoder", "generate", "evaluate"), False, device_name),
+        ("precision", str, "auto", "auto (the fastest measured for the device), fp32, or bf16 autocast",
+         ("train",), True, one_of("auto", "fp32", "bf16")),
+        ("channels_last", (bool, str), "auto", "NHWC memory layout: auto (on for CPU and CUDA), true or false",
+         ("train",), True, auto_or_bool),
+        ("compile", (bool, str), "auto", "torch.compile G and D: auto (the fastest measured for the device), "
+         "true or false; a compiler failure falls back to eager", ("train",), True, auto_or_bool),
+        ("nproc", int, 1, "training processes on this machine (one per GPU; >1 runs torchrun with DDP)",
+         ("train",), False, between(1, 1024)),
+        ("nnodes", int, 1, "machines taking part (>1: start the same run on each, see docs/distributed.md)",
+         ("train",), False, between(1, 4096)),
+        ("rdzv_endpoint", str, "", "host:port of the first machine when nnodes > 1 ('' otherwise)", ("train",),
+         False),
+        ("sample_every", (int, str), "auto", "log a grid of fixed-noise samples every N epochs, or 'auto' "
+         "(about 100 per run, denser early)", ("train",), False, auto_or_positive_int),
+        ("checkpoint_every", int, 1, "write the resumable checkpoint models/checkpoint.pt every N epochs",
+         ("train",), False, at_least(1)),
+    ]),
+    ("train: quality options (docs/training.md)", [
+        ("diffaugment", str, "", "DiffAugment policy on every image D sees: comma-separated names from "
+         "dcgan/augment/ (e.g. color,translation,cutout); '' = off", ("train",), True,
+         registered("augment", comma_separated=True)),
+        ("loss", str, "bce", "GAN loss by name (dcgan/losses/): bce (non-saturating, as DCGAN) or hinge",
+         ("train",), True, registered("losses")),
+        ("spectral_norm", bool, False, "spectral normalisation of D's convs (D then has no BatchNorm)", ("train",),
+         True),
+        ("r1_gamma", float, 0.0, "weight of the R1 gradient penalty on real images; 0 = off", ("train",), True,
+         between(0, 1e6)),
+        ("r1_every", int, 16, "compute R1 every N steps (weight scaled by N, as StyleGAN2)", ("train",), True,
+         between(1, 1_000_000)),
+        ("ema_halflife", int, 10000, "half-life in images of the EMA of G's weights; 0 = off. generator*.pt hold "
+         "the EMA", ("train",), True, between(0, 10**12)),
+        ("ema_rampup", float, 0.05, "the EMA half-life is at most this x images seen (0 = no ramp-up)",
+         ("train",), True, between(0, 1)),
+        ("eval_every", int, 5, "score the generator (SWD, FID/KID) every N epochs against the val split and keep "
+         "the best; 0 = off", ("train",), False, at_least(0)),
+    ]),
+    ("encoder: image -> latent in one forward pass, trained on the generator's own samples", [
+        ("encoder_steps", int, 1000, "training steps of the encoder (batch 64)", ("encoder",), True,
+         between(1, 10_000_000)),
+        ("encoder_lr", float, 0.001, "Adam learning rate of the encoder", ("encoder",), True,
+         between(0, 1, lo_open=True)),
+        ("encoder_pixel_weight", float, 1.0, "weight of the pixel loss ||G(E(G(z))) - G(z)||^2 beside the latent "
+         "loss ||E(G(z)) - z||^2", ("encoder",), True, between(0, 1e6)),
+    ]),
+    ("generate", [
+        ("num_images", int, 1000, "images the generate stage writes to data/generated/images (all scored by "
+         "evaluate)", ("generate",), False, between(1, 10_000_000)),
+        ("generate_seed", int, 1, "seed of the generate stage's noise", ("generate",), False, at_least(0)),
+        ("invert_steps", int, 100, "refinement steps when projecting images to latents, from the encoder's "
+         "guess (0 = the encoder alone)", ("generate", "evaluate"), False, between(0, 100_000)),
+        ("generator", str, "best", "the generator that encoder, export, generate and evaluate use: best "
+         "(models/generator_best.pt, lowest SWD in training) or last (models/generator.pt)",
+         ("encoder", "export", "generate", "evaluate"), False, one_of("best", "last")),
+    ]),
+    ("evaluate", [
+        ("fid_weights", str, "", "path to pt_inception-2015-12-05-6726825d.pth for FID/KID (train and evaluate); "
+         "'' = the torch hub cache (pytorch-fid downloads it once when online)", ("train", "evaluate"), False),
+        ("memorisation_k", int, 200, "generated images searched for their nearest training image", ("evaluate",),
+         False, between(1, 100_000)),
+    ]),
+]
+
+SCHEMA: dict[str, Param] = {
+    row[0]: Param(*row[:6], check=row[6] if len(row) > 6 else None, section=section)
+    for section, rows in _SECTIONS for row in rows
 }
+STAGE_KEYS: dict[str, list[str]] = {stage: [k for k, p in SCHEMA.items() if stage in p.stages] for stage in STAGES}
+# The train params that change the trained weights: a checkpoint made with other values is not resumed.
+WEIGHT_KEYS: tuple[str, ...] = tuple(k for k in STAGE_KEYS["train"] if SCHEMA[k].changes_weights)
+
+
+def defaults() -> dict[str, Any]:
+    return {k: p.default for k, p in SCHEMA.items()}
 
 
 def read(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
@@ -190,6 +277,10 @@ def read(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ParamError(f"{path} must be a mapping of key: value")
     return data
+
+
+def _kind_name(kind) -> str:
+    return kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
 
 
 def validate(data: dict[str, Any], keys: list[str], path: Path | str = PARAMS_FILE) -> dict[str, Any]:
@@ -210,7 +301,7 @@ def validate(data: dict[str, Any], keys: list[str], path: Path | str = PARAMS_FI
         bool_ok = p.kind is bool or (isinstance(p.kind, tuple) and bool in p.kind)
         if (isinstance(v, bool) and not bool_ok) or not isinstance(v, p.kind) or \
                 (isinstance(v, float) and not math.isfinite(v)):
-            kind = p.kind.__name__ if isinstance(p.kind, type) else "/".join(k.__name__ for k in p.kind)
+            kind = _kind_name(p.kind)
             raise ParamError(f"{path}: '{key}' must be a{'n' if kind[0] in 'aeiou' else ''} {kind} ({p.help}); got {v!r}")
         if p.check is not None and (why := p.check(v)):
             raise ParamError(f"{path}: '{key}' {why}; got {v!r}")

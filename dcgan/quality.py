@@ -1,19 +1,21 @@
 """Image quality measured during training, to log it and to keep the best generator.
 
 Every `eval_every` epochs the train stage generates a fixed batch (the same noise every time) and scores
-it against the held-out val split: SWD always, FID and KID as well when the Inception weights are present
-(metrics.load_inception). Lower is better for all three; the best generator is chosen by SWD, the score
-every machine can compute, so rankings of experiments never depend on which machine had the weights.
+it against the held-out val split with every registered metric that can score during training
+(`Metric.scorer`): SWD always, FID and KID as well when the Inception weights are present. Lower is better
+for all three; the best generator is chosen by SWD, the score every machine can compute, so rankings of
+experiments never depend on which machine had the weights.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from . import metrics, pictures
+from . import metrics, sampling
 
 EVAL_IMAGES = 500    # generated images per score: the SWD of 500 vs 500 digits varies ~3% between noise draws
 SELECT_BY = "swd"
+BATCH = 250          # latents per forward pass
 
 
 class QualityProbe:
@@ -21,30 +23,18 @@ class QualityProbe:
                  log=print, n: int = EVAL_IMAGES):
         """real: uint8 (N, C, H, W) held-out images. fid_weights None: no FID/KID; a string: as in params."""
         self.device = device
-        self.swd = metrics.SWD(real, seed=seed, device=device)
+        ctx = metrics.Context(device, seed, inception=fid_weights, log=log)
+        self.scorers = [score for m in metrics.in_order() if (score := m.scorer(real, ctx)) is not None]
         self.noise = torch.randn(n, nz, generator=torch.Generator().manual_seed(seed + 12345))
-        self.extractor = None
-        if fid_weights is not None:
-            self.extractor = metrics.load_inception(fid_weights, device, log=log)
-        if self.extractor is not None:
-            self.real_features = self.extractor.features(real)
-            self.kid_subset = min(len(real), n, 1000)
 
-    @torch.no_grad()
     def images(self, G) -> np.ndarray:
-        was_training = G.training
-        G.eval()
-        out = [pictures.to_uint8(G(z.to(self.device))) for z in self.noise.split(250)]
-        G.train(was_training)
-        return np.concatenate(out)
+        return sampling.sample_images(G, self.noise, self.device, BATCH)
 
     def score(self, G) -> dict[str, float]:
         fake = self.images(G)
-        res = {"swd": self.swd.distance(fake)["mean"]}
-        if self.extractor is not None:
-            f = self.extractor.features(fake)
-            res["fid"] = metrics.fid(f, self.real_features)
-            res["kid"], _ = metrics.kid(f, self.real_features, subset_size=self.kid_subset)
+        res = {}
+        for score in self.scorers:
+            res.update(score(fake))
         return res
 
 

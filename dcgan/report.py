@@ -16,6 +16,7 @@ import math
 import time
 from pathlib import Path
 
+from . import evaluation
 from .files import atomic_write_text
 
 PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#59a14f", "#b07aa1", "#76b7b2", "#edc948"]
@@ -28,20 +29,6 @@ CHARTS = [
 ]
 CHART_NOTES = {
     "Discriminator output": "d_val falling away below d_train (the same measurement on training images) means D memorises the training set (overfitting).",
-}
-
-EVAL_HELP = {
-    "swd": "sliced Wasserstein distance x1e3, generated vs test (mean over pyramid levels); lower is better",
-    "swd_floor": "the same for real training images vs test: what a perfect generator would reach",
-    "fid": "Frechet Inception distance, generated vs test; lower is better",
-    "fid_floor": "FID of real training images vs test",
-    "kid": "kernel Inception distance (unbiased MMD^2), generated vs test",
-    "kid_floor": "KID of real training images vs test",
-    "d_accuracy": "discriminator accuracy on test vs generated images; 50% = cannot tell them apart",
-    "memorisation_median_distance": "median L2 distance (pixel values 0-255) of a generated image to its nearest training image",
-    "memorisation_median_distance_test": "the same for unseen test images: the reference",
-    "memorisation_ratio": "generated / test median distance; well below 1 = copies of training images",
-    "wall_s": "seconds",
 }
 
 
@@ -344,7 +331,8 @@ def render(metrics_dir: Path = Path("metrics"), title: str = "DCGAN run report",
     # tables
     tables = []
     if ev is not None:
-        tables.append(f'<div class="panel"><h3>metrics/eval.json</h3>{_table(ev, EVAL_HELP)}</div>')
+        help_ = {k: evaluation.key_help(k) for k in ev}
+        tables.append(f'<div class="panel"><h3>metrics/eval.json</h3>{_table(ev, help_)}</div>')
     if train is not None:
         tables.append(f'<div class="panel"><h3>metrics/train.json</h3>{_table(train)}</div>')
     if tables:

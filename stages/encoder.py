@@ -1,15 +1,13 @@
 """encoder stage: train an encoder (image -> latent in one forward pass) on the generator's own samples."""
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan package lives at the repo root
 
-from dcgan import cli, encoder, params  # noqa: E402
-from dcgan import model as models  # noqa: E402
-from dcgan.device import pick_device  # noqa: E402
-from dcgan.files import atomic_write_text  # noqa: E402
+from dcgan import cli, encoder, params
+from dcgan import model as models
+from dcgan.device import pick_device
+from dcgan.files import atomic_write_text
 
 BATCH = 64
 

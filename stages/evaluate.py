@@ -1,13 +1,11 @@
-"""evaluate stage: score the generate stage's images against the test split (SWD, FID/KID, D as a classifier,
-memorisation)."""
+"""evaluate stage: score the generate stage's images against the test split with every registered metric
+(dcgan/metrics/: SWD, FID/KID, D as a classifier, memorisation, inversion)."""
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan package lives at the repo root
 
-from dcgan import cli, data, evaluation, model, params  # noqa: E402
-from dcgan.device import pick_device  # noqa: E402
+from dcgan import cli, data, evaluation, model, params
+from dcgan.device import pick_device
 
 
 def main():
@@ -57,10 +55,7 @@ def main():
         print(f"inversion scores skipped: {args.encoder} or {g_path} not found (dvc repro encoder)")
     res = evaluation.evaluate(fake, D, train_arr, test_arr, p, args.out_json, args.out_dir, device,
                               generator=G, encoder=E)
-    shown = ("swd", "swd_floor", "fid", "fid_floor", "kid", "d_accuracy", "memorisation_median_distance",
-             "memorisation_median_distance_test", "inversion_mse_encoder", "inversion_mse_encoder_refined",
-             "inversion_mse_refined", "wall_s")
-    print("done: " + ", ".join(f"{k}={res[k]:.4g}" for k in shown if res.get(k) is not None))
+    print("done: " + ", ".join(f"{k}={res[k]:.4g}" for k in evaluation.headline_keys() if res.get(k) is not None))
     print(f"wrote {args.out_json} and {args.out_dir}/")
 
 

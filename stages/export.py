@@ -1,12 +1,10 @@
 """export stage: the generator and the encoder as TorchScript (.ts) and ONNX (.onnx) in models/export/."""
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan package lives at the repo root
 
-from dcgan import cli, export, params  # noqa: E402
-from dcgan import model as models  # noqa: E402
+from dcgan import cli, export, params
+from dcgan import model as models
 
 
 

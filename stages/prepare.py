@@ -1,12 +1,10 @@
 """prepare stage: decode a folder or .zip of images into data/prepared/{train,val,test}.npy + manifest.json."""
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan package lives at the repo root
 
-from dcgan import cli, data, params  # noqa: E402
+from dcgan import cli, data, params
 
 
 def main():

@@ -1,11 +1,9 @@
 """report: one self-contained HTML page (report/index.html) about the last run: curves, samples, evaluation."""
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan package lives at the repo root
 
-from dcgan import cli, report  # noqa: E402
+from dcgan import cli, report
 
 
 def main():

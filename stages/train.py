@@ -4,9 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dcgan package lives at the repo root
 
-from dcgan import cli, data, device, distributed, params, training  # noqa: E402
+from dcgan import cli, data, device, distributed, params, training
 
 
 def main():

@@ -91,7 +91,7 @@ def copy_repo(dest: Path, params: dict | None = None, demo_limit: int | None = N
     set_params(dest, **{**TINY, **(params or {})})
     if demo_limit:
         dvcyaml = dest / "dvc.yaml"
-        cmd = "cmd: python stages/demo.py --out data/demo"
+        cmd = "cmd: python -m stages.demo --out data/demo"
         assert cmd in dvcyaml.read_text()
         dvcyaml.write_text(dvcyaml.read_text().replace(cmd, f"{cmd} --limit {demo_limit}"))
     sh("git init -q -b main && git add -A && git commit -qm 'copy of the project'", dest)

@@ -18,7 +18,7 @@ from conftest import ROOT, TINY, env, make_prepared
 from dcgan import params as P
 from dcgan.device import FastPath, adam
 from dcgan.engine import ResidentData, Stepper
-from dcgan.model import Discriminator, Generator, init_weights
+from dcgan.archs.dcgan import Discriminator, Generator, init_weights
 
 if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
     pytest.skip("this torch build has no gloo backend", allow_module_level=True)
@@ -151,7 +151,8 @@ def first_losses(fast: FastPath, steps: int = 1, device: str = "cpu") -> tuple[f
     for i in range(steps):
         stepper.step(data, torch.arange(32 * (i % 2), 32 * (i % 2 + 1), device=data.index_device))
     assert stepper.graph is not None or not fast.cuda_graph, "the CUDA graph was not captured"
-    loss_d, loss_g, *_ = stepper.read_sums(steps)
+    stats = stepper.read_stats(steps)
+    loss_d, loss_g = stats["loss_d"], stats["loss_g"]
     return loss_d, loss_g
 
 

@@ -57,7 +57,7 @@ def test_constant_g_is_approached_geometrically_and_state_round_trips():
 
 
 def test_recalibrate_gives_the_ema_weights_their_own_batchnorm_statistics():
-    from dcgan.model import Generator, init_weights
+    from dcgan.archs.dcgan import Generator, init_weights
 
     torch.manual_seed(0)
     G = Generator(32, 1, 8, 8).apply(init_weights).train()

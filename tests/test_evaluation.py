@@ -17,18 +17,28 @@ import yaml
 from PIL import Image
 
 from dcgan import evaluation, metrics, pictures, report
-from dcgan.model import Discriminator, Generator, init_weights, save
+from dcgan.archs.dcgan import Discriminator, Encoder, Generator, init_weights
+from dcgan.metrics._inception import FID_WEIGHTS_FILE
+from dcgan.model import save
 
 ROOT = Path(__file__).resolve().parents[1]
 
-EXPECTED_KEYS = {
+# metrics/eval.json's keys in their order, as the evaluate stage has always written them for 32 px images
+INVERSION_KEYS = [
+    "inversion_mse_encoder", "inversion_s_encoder", "inversion_mse_encoder_refined", "inversion_s_encoder_refined",
+    "inversion_mse_refined", "inversion_s_refined", "inversion_images", "inversion_steps",
+]
+EVAL_KEYS = [
     "n_generated", "n_test", "n_train",
     "swd", "swd_32px", "swd_16px", "swd_floor", "swd_floor_32px", "swd_floor_16px",
     "fid", "kid", "kid_std", "fid_floor", "kid_floor",
     "d_accuracy", "d_accuracy_real", "d_accuracy_fake", "d_tn", "d_fp", "d_fn", "d_tp",
     "memorisation_k", "memorisation_median_distance", "memorisation_min_distance",
-    "memorisation_median_distance_test", "memorisation_ratio", "wall_s",
-}
+    "memorisation_median_distance_test", "memorisation_ratio",
+    *INVERSION_KEYS,  # only with a generator and an encoder
+    "wall_s",
+]
+EXPECTED_KEYS = set(EVAL_KEYS) - set(INVERSION_KEYS)
 FID_KEYS = {"fid", "kid", "kid_std", "fid_floor", "kid_floor"}
 PARAMS = {"fid_weights": "", "memorisation_k": 12, "device": "cpu", "seed": 0, "invert_steps": 5, "generator": "best"}
 
@@ -43,6 +53,18 @@ def tiny_models(seed: int = 0):
 
 def random_split(n: int, seed: int, channels: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, channels, 32, 32), dtype=np.uint8)
+
+
+class MeanStd:
+    """Stand-in feature extractor: a few image statistics."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def features(self, images):
+        self.calls += 1
+        x = images.reshape(len(images), -1).astype(np.float64) / 255
+        return np.stack([x.mean(1), x.std(1), (x > 0.5).mean(1), x.max(1)], 1)
 
 
 @pytest.fixture
@@ -61,14 +83,14 @@ def test_evaluate_end_to_end_without_fid_weights(tmp_path, no_hub):
     train, test = random_split(80, 1), random_split(30, 2)
     out_json, out_dir = tmp_path / "metrics" / "eval.json", tmp_path / "metrics" / "eval"
     msgs = []
-    fake = evaluation.generate(g, 40, 0, "cpu", progress=False)
+    fake = evaluation.generate(g, 40, 0, "cpu")
     res = evaluation.evaluate(fake, d, train, test, PARAMS, out_json, out_dir, "cpu", progress=False, log=msgs.append)
     data = json.loads(out_json.read_text())
     assert data == res
     assert set(data) == EXPECTED_KEYS
     for k in FID_KEYS:
         assert data[k] is None
-    assert any(metrics.FID_WEIGHTS_FILE in m and "skipped" in m for m in msgs)
+    assert any(FID_WEIGHTS_FILE in m and "skipped" in m for m in msgs)
     for k, v in data.items():
         if k not in FID_KEYS:
             assert isinstance(v, (int, float)) and math.isfinite(v), (k, v)
@@ -90,25 +112,16 @@ def test_evaluate_end_to_end_without_fid_weights(tmp_path, no_hub):
 
 
 def test_evaluate_is_deterministic_and_uses_extractor(tmp_path, no_hub):
-    class MeanStd:
-        """Stand-in feature extractor: a few image statistics."""
-
-        calls = 0
-
-        def features(self, images):
-            MeanStd.calls += 1
-            x = images.reshape(len(images), -1).astype(np.float64) / 255
-            return np.stack([x.mean(1), x.std(1), (x > 0.5).mean(1), x.max(1)], 1)
-
+    extractor = MeanStd()
     g, d = tiny_models()
     train, test = random_split(60, 3), random_split(24, 4)
     p = {**PARAMS, "memorisation_k": 8}
-    fake = evaluation.generate(g, 32, 0, "cpu", progress=False)
+    fake = evaluation.generate(g, 32, 0, "cpu")
     a = evaluation.evaluate(fake, d, train, test, p, tmp_path / "a.json", tmp_path / "a", "cpu",
-                            extractor=MeanStd(), progress=False, log=lambda m: None)
+                            extractor=extractor, progress=False, log=lambda m: None)
     b = evaluation.evaluate(fake, d, train, test, p, tmp_path / "b.json", tmp_path / "b", "cpu",
-                            extractor=MeanStd(), progress=False, log=lambda m: None)
-    assert MeanStd.calls == 6  # generated, test, train subset; twice
+                            extractor=extractor, progress=False, log=lambda m: None)
+    assert extractor.calls == 6  # generated, test, train subset; twice
     for k in FID_KEYS:
         assert a[k] is not None and math.isfinite(a[k])
     assert a["fid"] > a["fid_floor"]
@@ -129,7 +142,7 @@ def test_memorisation_picture_shows_planted_copy(tmp_path, no_hub):
         def forward(self, z):
             return copy.expand(len(z), -1, -1, -1)
 
-    fake = evaluation.generate(Copier(), 16, 0, "cpu", progress=False)
+    fake = evaluation.generate(Copier(), 16, 0, "cpu")
     res = evaluation.evaluate(fake, d, train, random_split(20, 6), PARAMS,
                               tmp_path / "e.json", tmp_path / "e", "cpu", extractor=None, progress=False,
                               log=lambda m: None)
@@ -137,6 +150,69 @@ def test_memorisation_picture_shows_planted_copy(tmp_path, no_hub):
     assert res["memorisation_median_distance_test"] > 0
     top = np.asarray(Image.open(tmp_path / "e" / "memorisation.png"))[2:66]
     assert (top[:, 2:66] == top[:, 68:132]).all()  # generated | nearest training image are the same picture
+
+
+def test_evaluate_writes_todays_keys_each_explained(tmp_path, no_hub):
+    """With Inception features and an encoder every metric runs: the keys of metrics/eval.json are the ones it
+    has always had, in order, and each has a line of help (evaluate() checks that the metric that returns a
+    key explains it)."""
+    g, d = tiny_models()
+    encoder = Encoder(32, 1, nz=16, nef=8)
+    fake = evaluation.generate(g, 20, 0, "cpu")
+    res = evaluation.evaluate(fake, d, random_split(40, 1), random_split(20, 2), PARAMS, tmp_path / "e.json",
+                              tmp_path / "e", "cpu", extractor=MeanStd(), progress=False, log=lambda m: None,
+                              generator=g, encoder=encoder)
+    assert list(res) == EVAL_KEYS
+    assert all(evaluation.key_help(k) for k in EVAL_KEYS)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """metrics.REGISTRY, with what a test registers on it gone after the test."""
+    monkeypatch.setattr(metrics.REGISTRY, "_parts", dict(metrics.REGISTRY._parts))
+    return metrics.REGISTRY
+
+
+def test_a_new_metric_module_reaches_eval_json_the_stage_and_the_report(tmp_path, registry):
+    g, d = tiny_models()
+    train, test = random_split(40, 1), random_split(20, 2)
+    fake = evaluation.generate(g, 20, 0, "cpu")
+
+    def run(name: str) -> dict:
+        return evaluation.evaluate(fake, d, train, test, PARAMS, tmp_path / name / "eval.json",
+                                   tmp_path / name / "eval", "cpu", extractor=None, progress=False, log=lambda m: None)
+
+    before = run("before")
+
+    @registry.register("brightness")
+    class BrightnessMetric(metrics.Metric):
+        help = {"brightness_gap": "mean pixel value, generated minus test images"}
+        headline = ("brightness_gap",)
+        lower_is_better = None
+
+        def evaluate(self, ctx):
+            return {"brightness_gap": float(ctx.fake.mean()) - float(ctx.test_subset(10).mean())}
+
+    after = run("after")
+    assert list(after) == list(before)[:-1] + ["brightness_gap", "wall_s"]
+    before.pop("wall_s"), after.pop("wall_s"), after.pop("brightness_gap")
+    assert after == before  # drawing test images after the built-in metrics changes none of their numbers
+    assert evaluation.headline_keys()[-2:] == ["brightness_gap", "wall_s"]
+    assert "mean pixel value, generated minus test images" in report.render(tmp_path / "after")
+
+
+def test_a_metric_must_explain_its_keys(tmp_path, registry):
+    @registry.register("unexplained")
+    class Unexplained(metrics.Metric):
+        order = 0  # first: the error comes before any other metric runs
+
+        def evaluate(self, ctx):
+            return {"mystery": 1.0}
+
+    g, d = tiny_models()
+    with pytest.raises(ValueError, match="metric 'unexplained' has no help for mystery"):
+        evaluation.evaluate(evaluation.generate(g, 4, 0, "cpu"), d, random_split(4, 1), random_split(4, 2), PARAMS,
+                            tmp_path / "e.json", tmp_path / "e", "cpu", extractor=None, progress=False)
 
 
 def test_check_compatible_names_the_mismatch():
@@ -165,13 +241,6 @@ def test_read_generated_round_trip(tmp_path):
         evaluation.read_generated(tmp_path / "rgb" / "nothing", 3)
 
 
-def test_confusion_png():
-    img = evaluation.confusion_png(np.array([[40, 10], [5, 45]]), 0.85)
-    assert img.mode == "RGB" and img.size[0] > 300
-    px = np.asarray(img)
-    assert (px.reshape(-1, 3).std(0) > 10).all()  # coloured, not blank
-
-
 # ---- the evaluate stage script ----
 
 def stage_dir(tmp_path: Path, with_models: bool = True) -> Path:
@@ -185,7 +254,7 @@ def stage_dir(tmp_path: Path, with_models: bool = True) -> Path:
         save(d, tmp_path / "models" / "discriminator.pt")
         out = tmp_path / "data" / "generated" / "images"
         out.mkdir(parents=True)
-        for i, img in enumerate(evaluation.generate(g, 20, 0, "cpu", progress=False)):
+        for i, img in enumerate(evaluation.generate(g, 20, 0, "cpu")):
             pictures.to_pil(img).save(out / f"{i:06d}.png")
     return tmp_path
 

@@ -7,7 +7,8 @@ import torch
 
 from conftest import ROOT
 from dcgan import export
-from dcgan.model import Encoder, Generator, init_weights, save
+from dcgan.archs.dcgan import Encoder, Generator, init_weights
+from dcgan.model import save
 
 TOLERANCE = 1e-4   # max abs difference, images in [-1, 1] and latents (float32 kernels differ in rounding only)
 

@@ -1,4 +1,4 @@
-"""generate: samples, latent -> image with good and bad lines, image -> latent round trip, the CLI."""
+"""generate: samples, latent -> image with good and bad lines, image -> latent round trip, the CLI, the stage."""
 import base64
 import io
 import json
@@ -8,13 +8,16 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from conftest import ROOT, env
-from dcgan import generation, pictures
-from dcgan.model import Encoder, Generator, save
+from dcgan import generate, generation, params, pictures, sampling
+from dcgan.archs.dcgan import Encoder, Generator
+from dcgan.model import save
 
 NZ = 8
+CLI = [sys.executable, "-m", "dcgan.generate"]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +41,8 @@ def model_file(G, tmp_path):
 
 def test_eval_mode_image_depends_only_on_its_own_z(G):
     z = torch.randn(4, NZ)
-    alone = generation.generate(G, z[:1], "cpu")
-    batched = generation.generate(G, z, "cpu")
+    alone = sampling.sample_images(G, z[:1], "cpu")
+    batched = sampling.sample_images(G, z, "cpu")
     assert np.array_equal(alone[0], batched[0])
 
 
@@ -89,8 +92,8 @@ def test_latents_cli_writes_good_lines_and_fails_only_when_none_usable(model_fil
     good = {"key": "seven", "z": [0.5] * NZ}
     inp = tmp_path / "z.jsonl"
     inp.write_text(json.dumps(good) + "\n" + json.dumps({"key": "bad", "z": [1]}) + "\n")
-    cmd = [sys.executable, str(ROOT / "stages/generate.py"), "latents", "--model", str(model_file),
-           "--input", str(inp), "--out", str(tmp_path / "out"), "--device", "cpu", "--params", str(tmp_path / "none")]
+    cmd = CLI + ["latents", "--model", str(model_file), "--input", str(inp), "--out", str(tmp_path / "out"),
+                 "--device", "cpu", "--params", str(tmp_path / "none")]
     r = subprocess.run(cmd, env=env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "line 2" in r.stderr
@@ -104,17 +107,17 @@ def test_latents_cli_writes_good_lines_and_fails_only_when_none_usable(model_fil
 def test_inversion_round_trip_recovers_a_known_latent(G):
     torch.manual_seed(1)
     z_true = torch.randn(4, NZ)
-    target = generation.generate(G, z_true, "cpu")
+    target = sampling.sample_images(G, z_true, "cpu")
     z, err = generation.invert(G, target, steps=150, device="cpu", progress=False)
-    recon = generation.generate(G, torch.from_numpy(z), "cpu")
-    random_err = ((pictures.to_float(generation.generate(G, torch.randn(4, NZ), "cpu")) - pictures.to_float(target)) ** 2
+    recon = sampling.sample_images(G, torch.from_numpy(z), "cpu")
+    random_err = ((pictures.to_float(sampling.sample_images(G, torch.randn(4, NZ), "cpu")) - pictures.to_float(target)) ** 2
                   ).flatten(1).mean(1).numpy()
     assert np.all(err < 0.2 * random_err), (err, random_err)
     assert np.abs(recon.astype(int) - target.astype(int)).mean() < 8  # out of 255
 
 
 def test_invert_cli_on_folder_and_base64_jsonl(G, model_file, tmp_path):
-    imgs = generation.generate(G, torch.randn(2, NZ), "cpu")
+    imgs = sampling.sample_images(G, torch.randn(2, NZ), "cpu")
     folder = tmp_path / "imgs"
     folder.mkdir()
     lines = []
@@ -127,9 +130,9 @@ def test_invert_cli_on_folder_and_base64_jsonl(G, model_file, tmp_path):
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
     for inp, keys in ((folder, {"img 0", "img 1"}), (tmp_path / "in.jsonl", {"k0", "k1"})):
         out = tmp_path / ("out_" + inp.name)
-        r = subprocess.run([sys.executable, str(ROOT / "stages/generate.py"), "invert", "--model", str(model_file),
-                            "--input", str(inp), "--out", str(out), "--steps", "30", "--device", "cpu",
-                            "--params", str(tmp_path / "none")], env=env(), capture_output=True, text=True)
+        r = subprocess.run(CLI + ["invert", "--model", str(model_file), "--input", str(inp), "--out", str(out),
+                                  "--steps", "30", "--device", "cpu", "--params", str(tmp_path / "none")],
+                           env=env(), capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         recs = [json.loads(x) for x in (out / "latents.jsonl").read_text().splitlines()]
         assert {rec["key"] for rec in recs} == keys
@@ -139,14 +142,13 @@ def test_invert_cli_on_folder_and_base64_jsonl(G, model_file, tmp_path):
 
 
 def test_sample_cli_help_and_outputs(model_file, tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "stages/generate.py"), "--help"], env=env(), capture_output=True,
-                       text=True)
+    r = subprocess.run(CLI + ["--help"], env=env(), capture_output=True, text=True)
     assert r.returncode == 0 and "latents" in r.stdout and "invert" in r.stdout
     real = tmp_path / "real.npy"
     np.save(real, np.random.default_rng(0).integers(0, 256, (3, 1, 32, 32), dtype=np.uint8))
-    r = subprocess.run([sys.executable, str(ROOT / "stages/generate.py"), "sample", "--model", str(model_file),
-                        "--out", str(tmp_path / "g"), "--num", "10", "--steps", "5", "--real", str(real),
-                        "--device", "cpu", "--params", str(tmp_path / "none")], env=env(), capture_output=True, text=True)
+    r = subprocess.run(CLI + ["sample", "--model", str(model_file), "--out", str(tmp_path / "g"), "--num", "10",
+                              "--steps", "5", "--real", str(real), "--device", "cpu", "--params", str(tmp_path / "none")],
+                       env=env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "g/images").glob("*.png"))) == 10
     for name in ("grid.png", "interpolation.png", "inversion.png"):
@@ -154,9 +156,8 @@ def test_sample_cli_help_and_outputs(model_file, tmp_path):
 
 
 def test_sample_cli_names_a_missing_model(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "stages/generate.py"), "sample", "--model", str(tmp_path / "x.pt"),
-                        "--out", str(tmp_path / "g"), "--params", str(tmp_path / "none")], env=env(),
-                       capture_output=True, text=True)
+    r = subprocess.run(CLI + ["sample", "--model", str(tmp_path / "x.pt"), "--out", str(tmp_path / "g"),
+                              "--params", str(tmp_path / "none")], env=env(), capture_output=True, text=True)
     assert r.returncode == 2 and "x.pt" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -165,11 +166,60 @@ def test_invert_names_an_encoder_that_does_not_fit_the_generator(model_file, tmp
     folder = tmp_path / "in"
     folder.mkdir()
     Image.new("L", (32, 32), 128).save(folder / "a.png")
-    cmd = [sys.executable, str(ROOT / "stages/generate.py"), "invert", "--model", str(model_file), "--input",
-           str(folder), "--out", str(tmp_path / "out"), "--steps", "2", "--device", "cpu",
-           "--params", str(tmp_path / "none")]
+    cmd = CLI + ["invert", "--model", str(model_file), "--input", str(folder), "--out", str(tmp_path / "out"),
+                 "--steps", "2", "--device", "cpu", "--params", str(tmp_path / "none")]
     r = subprocess.run(cmd + ["--encoder", str(tmp_path / "e.pt")], env=env(), capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "e.pt" in r.stderr and f"nz {NZ + 1}" in r.stderr and "does not fit" in r.stderr
     r = subprocess.run(cmd + ["--encoder", str(tmp_path / "missing.pt")], env=env(), capture_output=True, text=True)
     assert r.returncode == 2 and "missing.pt not found" in r.stderr
+
+
+def params_file(tmp_path, **changes):
+    p = params.read(ROOT / "params.yaml")
+    p.update(changes)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    return tmp_path / "params.yaml"
+
+
+class Resolved(Exception):
+    pass
+
+
+def test_stage_and_cli_take_their_settings_from_one_place(tmp_path, monkeypatch):
+    import stages.generate as stage
+
+    # no params.yaml: the declared defaults (num_images is 1000: checked here, not generated)
+    declared = {key: params.SCHEMA[key].default for key in params.STAGE_KEYS["generate"]}
+    assert generate.settings(tmp_path / "none") == declared
+    # params.yaml over the defaults, an option over params.yaml
+    yaml_file = params_file(tmp_path, num_images=7)
+    assert generate.settings(yaml_file)["num_images"] == 7
+    assert generate.settings(yaml_file, num_images=5) == {**params.load("generate", yaml_file), "num_images": 5}
+
+    # the stage and the CLI resolve through that same function
+    def resolved(path, **given):
+        raise Resolved(path, given)
+
+    monkeypatch.setattr(generate, "settings", resolved)
+    monkeypatch.setattr(sys, "argv", ["stage", "--params", str(yaml_file)])
+    with pytest.raises(Resolved) as stage_call:
+        stage.main()
+    assert stage_call.value.args == (yaml_file, {})
+    monkeypatch.setattr(sys, "argv", ["cli", "sample", "--out", str(tmp_path), "--params", str(yaml_file)])
+    with pytest.raises(Resolved) as cli_call:
+        generate.main()
+    assert cli_call.value.args[0] == yaml_file and set(cli_call.value.args[1]) <= set(params.STAGE_KEYS["generate"])
+
+
+def test_stage_writes_what_params_yaml_asks_for(model_file, tmp_path):
+    yaml_file = params_file(tmp_path, num_images=3, invert_steps=2, device="cpu")
+    real = tmp_path / "test.npy"
+    np.save(real, np.random.default_rng(0).integers(0, 256, (3, 1, 32, 32), dtype=np.uint8))
+    r = subprocess.run([sys.executable, "-m", "stages.generate", "--params", str(yaml_file),
+                        "--model", str(model_file), "--real", str(real), "--out", str(tmp_path / "g")],
+                       cwd=ROOT, env=env(), capture_output=True, text=True)   # as dvc.yaml runs it
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "g/images").glob("*.png"))) == 3
+    assert all((tmp_path / "g" / name).is_file() for name in ("grid.png", "interpolation.png", "inversion.png"))
+    assert len((tmp_path / "g/inversion.jsonl").read_text().splitlines()) == 3

@@ -28,7 +28,8 @@ def free_port() -> int:
 @pytest.fixture
 def server(tmp_path):
     import torch
-    from dcgan.model import Encoder, Generator, init_weights, save
+    from dcgan.archs.dcgan import Encoder, Generator, init_weights
+    from dcgan.model import save
 
     torch.manual_seed(0)
     save(Generator(32, 3, 16, 8).apply(init_weights), tmp_path / "g.pt")

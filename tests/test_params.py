@@ -303,14 +303,15 @@ def test_stage_script_prepares_a_folder(tmp_path):
     assert sum(m["counts"][s] for s in ("train", "val", "test")) == 6
 
 
-def test_readme_sweep_recipe_expands_to_valid_params(tmp_path):
-    """The README's quality sweep, through DVC's own -S parser (Hydra sweeps), gives params every stage accepts."""
+def test_docs_sweep_recipe_expands_to_valid_params(tmp_path):
+    """docs/training.md's quality sweep, through DVC's own -S parser (Hydra sweeps), gives params every stage
+    accepts."""
     import re
     import shlex
 
     from dvc.utils.hydra import apply_overrides, get_hydra_sweeps
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "training.md").read_text()
     block = readme[readme.index("### Sweep the options yourself"):]
     cmd = block[block.index("dvc exp run --queue"):]
     cmd = cmd[:cmd.index("\n", cmd.index("seed=0,1"))].replace("\\\n", " ")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from dcgan import pictures
+from dcgan import metrics, pictures
 from dcgan.quality import Best, QualityProbe
 
 
@@ -45,6 +45,20 @@ def test_probe_scores_real_images_far_better_than_noise_and_is_repeatable():
     assert set(noise) == {"swd"}                       # no Inception: no FID/KID keys
     assert same == pytest.approx(0, abs=1e-6) and lookalike < noise["swd"] / 3
     assert probe.score(Noise())["swd"] == noise["swd"]   # fixed noise, fixed patches: the same score
+
+
+def test_probe_adds_fid_and_kid_with_inception_weights(monkeypatch):
+    class MeanStd:  # stand-in for the Inception network
+        def features(self, images):
+            x = images.reshape(len(images), -1).astype(np.float64) / 255
+            return np.stack([x.mean(1), x.std(1), (x > 0.5).mean(1), x.max(1)], 1)
+
+    monkeypatch.setattr(metrics, "load_inception", lambda *a, **k: MeanStd())
+    real = real_images()
+    probe = QualityProbe(real, nz=8, device=torch.device("cpu"), n=len(real), fid_weights="")
+    same, noise = probe.score(Replay(real)), probe.score(Noise())
+    assert list(same) == ["swd", "fid", "kid"]
+    assert same["fid"] == pytest.approx(0, abs=1e-6) and noise["fid"] > 0.01 and noise["kid"] > same["kid"]
 
 
 def test_probe_leaves_training_mode_and_uses_fixed_noise():

@@ -18,7 +18,8 @@ from PIL import Image
 
 from conftest import ROOT
 from dcgan import export, generation, pictures
-from dcgan.model import Encoder, Generator, init_weights, save
+from dcgan.archs.dcgan import Encoder, Generator, init_weights
+from dcgan.model import save
 from dcgan.serve.app import Models, Settings, create_app
 
 NZ = 100  # the request shape of the issue: 100 numbers

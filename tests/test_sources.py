@@ -1,5 +1,6 @@
-"""sources.py derives the project files a script runs from its imports; dvc.yaml must list them all as deps."""
-import re
+"""sources.py derives the project files a script runs from its imports (dvc.yaml's deps and the checkpoint
+fingerprint come from it); no import cycle anywhere in the package."""
+import ast
 from pathlib import Path
 
 import pytest
@@ -7,14 +8,10 @@ import yaml
 
 from conftest import ROOT
 from dcgan import sources
+from dcgan.declared import stage_script as _script
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-
-
-def _script(cmd: str) -> Path:
-    m = re.search(r"\bpython\s+(stages/\S+\.py)", cmd)
-    assert m, f"no `python stages/....py` in {cmd!r}"
-    return ROOT / m.group(1)
+TOOLS = ("stages/report.py", "dcgan/generate.py", "dcgan/declared.py", "dcgan/serve/__main__.py")
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
@@ -32,9 +29,9 @@ def test_every_module_of_the_package_is_run_by_some_stage_or_tool():
     used = set()
     for spec in STAGES.values():
         used |= {sources.relative(f) for f in sources.project_files(_script(spec["cmd"]))}
-    for tool in ("stages/report.py", "dcgan/storage.py"):
+    for tool in TOOLS:
         used |= {sources.relative(f) for f in sources.project_files(ROOT / tool)}
-    package = {sources.relative(f) for f in (ROOT / "dcgan").glob("*.py")}
+    package = {sources.relative(f) for f in (ROOT / "dcgan").rglob("*.py")}
     assert package - used == set(), "modules nothing runs (dead code or a missing dvc.yaml dep)"
 
 
@@ -71,3 +68,43 @@ def test_digests_change_with_the_bytes(tmp_path, monkeypatch):
     (root / "dcgan/m.py").write_text("x = 2\n")
     after = sources.digests([root / "dcgan/m.py"])
     assert set(before) == {"dcgan/m.py"} and before != after
+
+
+def test_a_folder_of_registered_parts_counts_every_module_as_imported(tmp_path, monkeypatch):
+    root = _package(tmp_path, {
+        "dcgan/__init__.py": "",
+        "dcgan/registry.py": "def import_modules(name): ...\n",
+        "dcgan/parts/__init__.py": "from ..registry import import_modules\nimport_modules(__name__)\n",
+        "dcgan/parts/one.py": "",
+        "dcgan/parts/two.py": "",
+        "dcgan/parts/_private.py": "",
+        "stages/s.py": "from dcgan import parts\n",
+    })
+    monkeypatch.setattr(sources, "ROOT", root)
+    got = {sources.relative(f) for f in sources.project_files.__wrapped__(root / "stages/s.py")}
+    assert got == {"stages/s.py", "dcgan/__init__.py", "dcgan/registry.py", "dcgan/parts/__init__.py",
+                   "dcgan/parts/one.py", "dcgan/parts/two.py"}
+
+
+def test_no_import_cycle_in_the_package():
+    """Imports between the package's modules, lazy ones included, form no cycle (checkpoint.py and training.py
+    used to import each other). A folder of parts importing its own modules (registry.import_modules) is not
+    an import of them: the parts import the folder's __init__ for its registry, which exists by then."""
+    files = sorted((ROOT / "dcgan").rglob("*.py"))
+    graph = {f.resolve(): sources.direct_imports(f, discovered=False) - {f.resolve()} for f in files}
+    done, path = set(), []
+
+    def visit(node):
+        if node in path:
+            cycle = path[path.index(node):] + [node]
+            raise AssertionError("import cycle: " + " -> ".join(sources.relative(p) for p in cycle))
+        if node in done:
+            return
+        path.append(node)
+        for nxt in graph.get(node, ()):
+            visit(nxt)
+        path.pop()
+        done.add(node)
+
+    for f in graph:
+        visit(f)

@@ -59,7 +59,7 @@ def test_one_epoch_is_finite_changes_weights_and_logs(tmp_path, prepared):
         assert np.isfinite(s[k]), k
     assert s["epochs_done"] == 1 and 0 < s["d_real"] < 1 and 0 < s["d_fake"] < 1
     torch.manual_seed(0)  # the same init the run started from
-    from dcgan.model import Generator, init_weights
+    from dcgan.archs.dcgan import Generator, init_weights
     G0 = Generator(32, 1, TINY["nz"], TINY["ngf"])
     G0.apply(init_weights)
     trained = torch.load(tmp_path / "a/models/generator.pt", weights_only=True)["state_dict"]

@@ -1,7 +1,7 @@
 """Every input a user can get wrong ends in one line that names it: `error: ...`, exit code 2, no traceback.
 
 Each case runs a stage script as a user would (a subprocess, own params file and folders under tmp_path).
-`python -m dcgan.storage`'s bad inputs are in test_storage.py (they need their own server home).
+`python -m locals3`'s bad inputs are in locals3/tests/test_server.py (they need their own server home).
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import yaml
 
 from conftest import ROOT, TINY, env
 from dcgan import params as P
-from dcgan.model import Discriminator, Generator, init_weights, save
+from dcgan.archs.dcgan import Discriminator, Generator, init_weights
+from dcgan.model import save
 
 NZ = TINY["nz"]
 
@@ -173,7 +174,9 @@ def test_export_without_an_encoder(ws, tmp_path):
 # ---------------------------------------------------------------- generate
 
 def _gen(ws, cmd: str, *args):
-    return run("generate.py", cmd, "--params", ws / "params.yaml", *args, cwd=ws)
+    """`python -m dcgan.generate cmd ...` in the workspace, with its params.yaml."""
+    return subprocess.run([sys.executable, "-m", "dcgan.generate", cmd, "--params", str(ws / "params.yaml"),
+                           *map(str, args)], cwd=ws, env=env(), capture_output=True, text=True, timeout=300)
 
 
 def test_generate_model_missing(ws, tmp_path):
@@ -246,8 +249,7 @@ def _eval(ws, tmp_path, params=None, **paths):
 
 @pytest.fixture(scope="module")
 def generated(ws):
-    r = run("generate.py", "sample", "--params", ws / "params.yaml", "--model", ws / "models/generator.pt",
-            "--out", ws / "gen_out", "--num", 8, cwd=ws)
+    r = _gen(ws, "sample", "--model", ws / "models/generator.pt", "--out", ws / "gen_out", "--num", 8)
     assert r.returncode == 0, r.stderr
     (ws / "gen").symlink_to(ws / "gen_out/images")
     return ws / "gen"

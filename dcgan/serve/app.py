@@ -30,7 +30,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 
-from .. import generation, pictures
+from .. import generation, pictures, sampling
 from ..images import BadImage, decode
 from .batching import Batcher, ModelThreads
 
@@ -72,16 +72,21 @@ class Models:
         self.nz, self.channels, self.size = config["nz"], config["channels"], config["image_size"]
         self.differentiable = isinstance(G, torch.nn.Module)     # eager or TorchScript: refinement possible
         if self.differentiable:
-            for p in G.parameters():   # no parameter gradients in refinement, and no race between model threads
+            # Eval mode for good, so sample_images's eval_mode restores eval: no model thread ever sees
+            # another's mode switch. No parameter gradients in refinement, and no race between model threads.
+            G.eval()
+            for p in G.parameters():
                 p.requires_grad_(False)
         self.threads = ModelThreads(settings.model_threads, settings.torch_threads)
         wait = settings.max_wait_ms / 1000
         self.g_batcher = Batcher(self._generate, self.threads, settings.max_batch, wait)
         self.e_batcher = Batcher(self._encode, self.threads, settings.max_batch, wait) if E is not None else None
 
-    @torch.no_grad()
     def _generate(self, z: torch.Tensor) -> np.ndarray:
-        return pictures.to_uint8(self.G(z))
+        if self.differentiable:  # one forward pass for the batch the batcher formed
+            return sampling.sample_images(self.G, z, "cpu", batch=len(z))
+        with torch.no_grad():    # an ONNX session: no torch modes to set
+            return pictures.to_uint8(self.G(z))
 
     def _encode(self, images: np.ndarray):
         steps = self.s.invert_steps if self.differentiable else 0
