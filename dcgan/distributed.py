@@ -39,8 +39,10 @@ def wants_launch(p: dict) -> bool:
     return (p.get("nproc", 1) > 1 or p.get("nnodes", 1) > 1) and not UNDER_TORCHRUN
 
 
-def torchrun_command(p: dict, script: str, args: list[str]) -> list[str]:
-    """The torchrun command line that starts `script args` nproc times here (and nnodes machines in all)."""
+def torchrun_command(p: dict, entry: str, args: list[str]) -> list[str]:
+    """The torchrun command line that starts `entry args` nproc times here (and nnodes machines in all).
+    entry: a module name (`stages.train`, run as `python -m` runs it: the package of the working directory,
+    as in a queued experiment's copy) or a script's path."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={p.get('nproc', 1)}"]
     if p.get("nnodes", 1) > 1:
         host, _, port = str(p.get("rdzv_endpoint", "")).rpartition(":")
@@ -53,7 +55,7 @@ def torchrun_command(p: dict, script: str, args: list[str]) -> list[str]:
                 f"--master_addr={host}", f"--master_port={port}"]
     else:
         cmd += ["--standalone"]  # a free port of its own: two runs on one machine never collide
-    return cmd + [script, *args]
+    return cmd + (["-m", entry] if not entry.endswith(".py") else [entry]) + list(args)
 
 
 def init(device_name: str) -> World:

@@ -32,14 +32,10 @@ INVERSION_DEMO = 8  # real images `sample` projects to show the round trip
 GRID_IMAGES = 64    # grid.png: 8 x 8
 
 
-def _default(key: str):
-    return params.SCHEMA[key].default
-
-
 def settings(params_file: Path, **given) -> dict:
     """The generate keys: a value given here (not None) wins; then params_file (validated) when it exists;
     then the defaults declared in dcgan/params.py. The stage and every command resolve through here."""
-    p = {key: _default(key) for key in KEYS}
+    p = {key: params.SCHEMA[key].default for key in KEYS}
     if params_file.is_file():
         p.update(params.load("generate", params_file))
     p.update({key: v for key, v in given.items() if v is not None})

@@ -69,12 +69,14 @@ def direct_imports(path: Path, discovered: bool = True) -> set[Path]:
 
 
 @lru_cache(maxsize=None)
-def project_files(entry: Path) -> tuple[Path, ...]:
-    """`entry` and every project file it imports, directly or through other project files; sorted."""
+def project_files(entry: Path, exclude: tuple[str, ...] = ()) -> tuple[Path, ...]:
+    """`entry` and every project file it imports, directly or through other project files; sorted.
+    exclude: folders (relative to the root) not entered, nor what is reached only through them."""
+    skipped = tuple(ROOT / d for d in exclude)
     seen, todo = set(), [Path(entry).resolve()]
     while todo:
         f = todo.pop()
-        if f in seen:
+        if f in seen or any(f.is_relative_to(d) for d in skipped):
             continue
         seen.add(f)
         todo.extend(direct_imports(f) - seen)

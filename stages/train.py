@@ -28,7 +28,9 @@ def main():
     val_arr = data.load_split(args.prepared, "val")
     if distributed.wants_launch(p):   # nproc/nnodes > 1: start this script again under torchrun, once per process
         try:
-            cmd = distributed.torchrun_command(p, __file__, sys.argv[1:])
+            # this module again, by name when run as `python -m stages.train` (dvc.yaml), else by path
+            entry = __spec__.name if __spec__ is not None else __file__
+            cmd = distributed.torchrun_command(p, entry, sys.argv[1:])
         except ValueError as e:
             raise params.ParamError(f"{args.params}: {e}") from None
         print("launching: " + " ".join(cmd[1:]), flush=True)

@@ -245,12 +245,12 @@ def test_changed_training_code_starts_fresh_and_names_the_file(tmp_path, prepare
     params = tmp_path / "params.yaml"
     _write_params(params, epochs=1)
     cmd = _train_cmd(tmp_path, "a", prepared, params)
-    cmd[1] = str(code / "stages/train.py")
-    subprocess.run(cmd, env=env(), check=True, capture_output=True)
+    cmd[1:2] = ["-m", "stages.train"]      # as dvc.yaml runs it: the package of the working directory
+    subprocess.run(cmd, env=env(), check=True, capture_output=True, cwd=code)
     _write_params(params, epochs=2)
     with open(code / "dcgan/model.py", "a") as f:
         f.write("\n# a fix in the model\n")
-    r = subprocess.run(cmd, env=env(), capture_output=True, text=True)
+    r = subprocess.run(cmd, env=env(), capture_output=True, text=True, cwd=code)
     assert r.returncode == 0, r.stderr
     assert "starting fresh" in r.stdout and "code of dcgan/model.py" in r.stdout, r.stdout
     assert "dcgan/training.py" not in r.stdout.split("starting fresh")[0]       # only what changed is named
@@ -261,7 +261,10 @@ def test_changed_training_code_starts_fresh_and_names_the_file(tmp_path, prepare
 def test_checkpoint_fingerprint_holds_the_code_of_the_loop(tmp_path, prepared):
     run_train(tmp_path, prepared, "a", epochs=1)
     code = torch.load(tmp_path / "a/models/checkpoint.pt", weights_only=True)["fingerprint"]["code"]
-    assert {"dcgan/training.py", "dcgan/model.py", "dcgan/pictures.py", "dcgan/checkpoint.py"} <= set(code)
+    assert {"dcgan/training.py", "dcgan/model.py", "dcgan/pictures.py", "dcgan/checkpoint.py",
+            "dcgan/archs/dcgan.py", "dcgan/losses/bce.py", "dcgan/augment/cutout.py"} <= set(code)
+    # scores pick generator_best.pt but never change the weights: a changed metric resumes
+    assert not any(f.startswith("dcgan/metrics/") for f in code)
     assert "dcgan/generation.py" not in code and "dcgan/evaluation.py" not in code
 
 
