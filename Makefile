@@ -25,12 +25,12 @@ setup: $(STAMP)
 # when the remote is unreachable (e.g. an AWS bucket without credentials) one line says so and make exits 0.
 run: setup
 	dvc repro
-	$(PY) stages/report.py
+	$(PY) -m stages.report
 	$(PY) -m locals3 push
 
 # report/index.html: curves, sample grids over epochs, evaluation pictures and metrics; works offline.
 report: setup
-	$(PY) stages/report.py
+	$(PY) -m stages.report
 
 # The project's own S3 server (rclone serve s3 on 127.0.0.1; objects under ~/.local/share/dcgan-s3/data,
 # or $DCGAN_S3_HOME/data): start it, create the bucket, write its keys to .dvc/config.local. Idempotent.

@@ -1,4 +1,6 @@
-"""DCGAN on your own images: data preparation, model, training, generation and metrics.
+"""GAN training on your own images, as a DVC pipeline: data preparation, networks, training, generation,
+metrics and serving.
 
-The stage scripts in stages/ are thin command-line wrappers around these modules.
+The stage scripts in stages/ are thin command lines over these modules. Every param is declared once in
+params.py; losses/, augment/, metrics/ and archs/ hold parts registered by name (registry.py), one module each.
 """

@@ -1,6 +1,6 @@
 """Several processes, GPUs or machines: torchrun relaunch, ranks, DDP wrapping, rank-0-only side effects.
 
-`nproc` > 1 (or `nnodes` > 1) makes stages/train.py start itself again under torchrun
+`nproc` > 1 (or `nnodes` > 1) makes the train stage start itself again under torchrun
 (`python -m torch.distributed.run`): `--standalone` on one machine, so two runs never collide on a port, or
 a rendezvous at `rdzv_endpoint` across machines, where this machine is node 0 unless DCGAN_NODE_RANK says
 otherwise. Every process trains on its own shard of each batch;

@@ -171,7 +171,8 @@ class Stepper:
         loss_d, loss_g, out_real, out_fake = train_step(self.G_step, self.D_step, self.opt_g, self.opt_d, x, z,
                                                         self.autocast, self.loss, self.augment)
         with torch.no_grad():
-            self.sums[:4] += torch.stack([  # loss_d, loss_g, d_real, d_fakeloss_d.float(), loss_g.float(), torch.sigmoid(out_real.float()).mean(),
+            # STATS[:4]: loss_d, loss_g, d_real, d_fake
+            self.sums[:4] += torch.stack([loss_d.float(), loss_g.float(), torch.sigmoid(out_real.float()).mean(),
                                           torch.sigmoid(out_fake.float()).mean()])
 
     def _capture(self, data: ResidentData, idx: torch.Tensor) -> bool:

@@ -99,16 +99,14 @@ def auto_or_bool(v):
 def registered(family: str, comma_separated: bool = False):
     """A name (or comma-separated names; '' and 'none' = none) from the registry of dcgan.<family>. The
     registry is imported only when the value is checked, by a stage that uses the parts anyway."""
-    def names() -> tuple[str, ...]:
-        return importlib.import_module(f"dcgan.{family}").REGISTRY.names()
-
     def check(v):
+        registry = importlib.import_module(f"dcgan.{family}").REGISTRY
         wanted = [s.strip() for s in v.split(",")] if comma_separated else [v]
         for name in wanted:
             if comma_separated and name in ("", "none"):
                 continue
-            if name not in names():
-                return (f"has an unknown name '{name}' (choose from {', '.join(names())}"
+            if name not in registry:
+                return (f"has an unknown {registry.family} '{name}' (choose from {', '.join(registry.names())}"
                         + (", comma-separated)" if comma_separated else ")"))
     check.registry = family
     return check

@@ -3,7 +3,6 @@ import argparse
 import json
 from pathlib import Path
 
-
 from dcgan import cli, encoder, params
 from dcgan import model as models
 from dcgan.device import pick_device

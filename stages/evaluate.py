@@ -3,7 +3,6 @@
 import argparse
 from pathlib import Path
 
-
 from dcgan import cli, data, evaluation, model, params
 from dcgan.device import pick_device
 

@@ -2,7 +2,6 @@
 import argparse
 from pathlib import Path
 
-
 from dcgan import cli, export, params
 from dcgan import model as models
 

@@ -3,7 +3,6 @@ import argparse
 import time
 from pathlib import Path
 
-
 from dcgan import cli, data, params
 
 

@@ -1,9 +1,9 @@
-"""train stage: train the DCGAN on data/prepared, logging every epoch with dvclive; resumes from models/checkpoint.pt."""
+"""train stage: train the GAN (the `arch` param) on data/prepared, logging every epoch with dvclive; resumes
+from models/checkpoint.pt."""
 import argparse
 import subprocess
 import sys
 from pathlib import Path
-
 
 from dcgan import cli, data, device, distributed, params, training
 

@@ -51,7 +51,7 @@ def test_names_of_registered_parts_are_the_allowed_values():
     for key, registry in (("loss", losses.REGISTRY), ("arch", archs.REGISTRY)):
         for name in registry.names():
             assert params.validate({**base, key: name}, [key])[key] == name
-        with pytest.raises(params.ParamError, match=f"'{key}' has an unknown name 'nope' \\(choose from"):
+        with pytest.raises(params.ParamError, match=f"'{key}' has an unknown {registry.family} 'nope' \\(choose from"):
             params.validate({**base, key: "nope"}, [key])
     policy = ",".join(augment.REGISTRY.names())
     assert params.validate({**base, "diffaugment": policy}, ["diffaugment"])["diffaugment"] == policy

@@ -11,7 +11,8 @@ from dcgan import params
 
 PAGES = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\((?!https?://|mailto:)([^)#\s]+)(#[^)\s]*)?\)")
-SET = re.compile(r"-S\s+('[^']*'|\"[^\"]*\"|\S+)")
+SET = re.compile(r"-S\s+('[^']*'|\"[^\"]*\"|\w+=[^\s`]*)")
+HYPOTHETICAL = {"extending.md"}   # shows parts a reader is about to add: keys checked, values not
 
 
 def _value(text: str):
@@ -28,10 +29,12 @@ def test_relative_links_resolve(page):
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_dash_s_in_a_command_is_a_valid_param(page):
     for arg in SET.findall(page.read_text()):
-        key, _, values = shlex.split(arg)[0].partition("=")
-        assert key in params.SCHEMA, f"{page.relative_to(ROOT)}: -S {key}: no such param"
-        if "${" in values or "<" in values:   # a placeholder, not a value
+        key, _, values = shlex.split(arg)[0].rstrip(".,;:)").partition("=")
+        if key == "key":                       # the syntax itself: -S key=value
             continue
+        assert key in params.SCHEMA, f"{page.relative_to(ROOT)}: -S {key}: no such param"
+        if any(c in values for c in "${<'\"") or page.name in HYPOTHETICAL:
+            continue   # a placeholder, a quoted grid (tests/test_params.py expands the sweep recipe), or hypothetical
         for v in values.split(",") if key != "diffaugment" else [values]:
             params.validate({**params.defaults(), key: _value(v)}, [key], page.name)
 

@@ -76,7 +76,7 @@ def project(tmp_path_factory):
     copy_repo(repo)
     dvcyaml = repo / "dvc.yaml"
     dvcyaml.write_text(dvcyaml.read_text().replace(
-        "cmd: python stages/demo.py --out data/demo", f"cmd: python stages/demo.py --out data/demo --limit {DEMO_LIMIT}"))
+        "cmd: python -m stages.demo --out data/demo", f"cmd: python -m stages.demo --out data/demo --limit {DEMO_LIMIT}"))
     sh("git commit -qam 'tests: smaller demo dataset'", repo)
     try:
         assert srv.cli("status", cwd=repo, check=False).returncode == 1          # nothing running yet
