@@ -116,10 +116,9 @@ def warm(folder: Path) -> None:
 def run_once(repo: Path, folder: Path, out: Path, workers: int) -> dict:
     """prepare in a child process; its wall time, and the peak RSS / PSS of it plus its children."""
     t0 = time.perf_counter()
-    # PYTHONPATH: the chosen checkout's package, ahead of the one installed in the environment
+    # cwd: `python -c` imports from the working directory first, so the chosen checkout's package runs
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(repo), str(folder), str(out), str(SIZE), str(workers)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(repo)})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=repo)
     root = psutil.Process(proc.pid)
     peak_rss = peak_pss = 0
     while proc.poll() is None:

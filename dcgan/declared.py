@@ -1,6 +1,8 @@
 """The files written from the project's declarations, so that each fact lives in one place:
 
-- params.yaml: every param at its declared default (dcgan/params.py), its help as the comment;
+- params.yaml: every declared param (dcgan/params.py) in the declared order and sections, its help as the
+  comment; the values are the ones in the file (yours: `dvc exp run -S`, your edits), declared defaults for
+  keys it lacks;
 - docs/params.md: the parameter reference;
 - dvc.yaml: each stage's `params:` (params.STAGE_KEYS) and the project files among its `deps:` (what its
   script imports, dcgan/sources.py); everything else in dvc.yaml is written by hand and kept as it is.
@@ -32,8 +34,18 @@ def _yaml_value(v) -> str:
     return '""' if v == "" else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def params_yaml() -> str:
-    """params.yaml as the declaration gives it."""
+def current_values() -> dict:
+    """The values in params.yaml for the declared keys it holds ({} when it is missing or unreadable)."""
+    try:
+        data = yaml.safe_load((ROOT / PARAMS_YAML).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    return {k: v for k, v in data.items() if k in SCHEMA} if isinstance(data, dict) else {}
+
+
+def params_yaml(values: dict | None = None) -> str:
+    """params.yaml as the declaration gives it, with `values` (default: the declared defaults)."""
+    values = {**{k: p.default for k, p in SCHEMA.items()}, **(values or {})}
     lines = ["# Every param of the pipeline, one flat level so `dvc exp run -S key=value` works as typed.",
              "# Written by `python -m dcgan.declared --write` from dcgan/params.py: change a default or a help there.",
              "# Each stage validates the keys it reads and names the key when a value is not allowed;",
@@ -42,7 +54,7 @@ def params_yaml() -> str:
         lines += ["", f"# --- {section} ---"]
         for row in rows:
             p = SCHEMA[row[0]]
-            lines.append(f"{p.name}: {_yaml_value(p.default)}".ljust(27) + f"# {p.help}")
+            lines.append(f"{p.name}: {_yaml_value(values[p.name])}".ljust(27) + f"# {p.help}")
     return "\n".join(lines) + "\n"
 
 
@@ -113,8 +125,28 @@ def dvc_yaml(text: str) -> str:
 
 def expected() -> dict[Path, str]:
     """Each derived file and the text it should have."""
-    return {PARAMS_YAML: params_yaml(), REFERENCE: reference(),
+    return {PARAMS_YAML: params_yaml(current_values()), REFERENCE: reference(),
             DVC_YAML: dvc_yaml((ROOT / DVC_YAML).read_text(encoding="utf-8"))}
+
+
+def params_yaml_layout(text: str) -> list[tuple[str, str]]:
+    """(key, comment) of each `key: value  # comment` line: what the declaration fixes in params.yaml, whatever
+    the values and the spacing (DVC's `-S` rewrites values in place)."""
+    out = []
+    for line in text.splitlines():
+        key, sep, rest = line.partition(":")
+        if sep and key.isidentifier():
+            out.append((key, rest.partition("#")[2].strip()))
+    return out
+
+
+def differs(path: Path, text: str) -> bool:
+    if not (ROOT / path).is_file():
+        return True
+    current = (ROOT / path).read_text(encoding="utf-8")
+    if path == PARAMS_YAML:
+        return params_yaml_layout(current) != params_yaml_layout(text)
+    return current != text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--write", action="store_true", help="rewrite the files that differ")
     group.add_argument("--check", action="store_true", help="exit 1 naming each file that differs")
     args = ap.parse_args(argv)
-    stale = [path for path, text in expected().items()
-             if not (ROOT / path).is_file() or (ROOT / path).read_text(encoding="utf-8") != text]
+    stale = [path for path, text in expected().items() if differs(path, text)]
     if args.check:
         for path in stale:
             print(f"{path} differs from the declarations: run `python -m dcgan.declared --write`", file=sys.stderr)

@@ -28,7 +28,6 @@ from tqdm import tqdm
 from . import metrics, pictures, sampling
 from .files import atomic_write_text
 
-GEN_BATCH = 256
 SAMPLE_GRID = 64         # generated images in samples.png
 
 # the keys evaluate() writes itself, before and after the metrics' keys
@@ -75,14 +74,6 @@ def read_generated(folder: Path, channels: int) -> np.ndarray:
         return np.stack(out)
     except ValueError:
         raise ValueError(f"the PNG files in {folder} differ in size: re-run `dvc repro generate`") from None
-
-
-def generate(generator, n: int, seed: int, device) -> np.ndarray:
-    """n images (uint8) from noise drawn on the CPU with `seed`, so the set is the same on any device."""
-    g = torch.Generator().manual_seed(seed)
-    # drawn batch by batch, as always: one draw of n numbers would give other images
-    z = torch.cat([torch.randn(min(GEN_BATCH, n - i), generator.nz, generator=g) for i in range(0, n, GEN_BATCH)])
-    return sampling.sample_images(generator, z, device, batch=GEN_BATCH)
 
 
 def key_help(key: str) -> str:

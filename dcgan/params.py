@@ -198,7 +198,7 @@ _SECTIONS: list[tuple[str, list[tuple]]] = [
         ("rdzv_endpoint", str, "", "host:port of the first machine when nnodes > 1 ('' otherwise)", ("train",),
          False),
         ("sample_every", (int, str), "auto", "log a grid of fixed-noise samples every N epochs, or 'auto' "
-         "(about 100 per run, denser early)", ("train",), False, auto_or_positive_int),
+         "(a fixed number per run, denser early)", ("train",), False, auto_or_positive_int),
         ("checkpoint_every", int, 1, "write the resumable checkpoint models/checkpoint.pt every N epochs",
          ("train",), False, at_least(1)),
     ]),
@@ -222,7 +222,7 @@ _SECTIONS: list[tuple[str, list[tuple]]] = [
          "the best; 0 = off", ("train",), False, at_least(0)),
     ]),
     ("encoder: image -> latent in one forward pass, trained on the generator's own samples", [
-        ("encoder_steps", int, 1000, "training steps of the encoder (batch 64)", ("encoder",), True,
+        ("encoder_steps", int, 1000, "training steps of the encoder", ("encoder",), True,
          between(1, 10_000_000)),
         ("encoder_lr", float, 0.001, "Adam learning rate of the encoder", ("encoder",), True,
          between(0, 1, lo_open=True)),

@@ -50,7 +50,7 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
     fp = checkpoint.fingerprint(p, train_arr, val_arr, {**fast.as_dict(), "world_size": world.size})
     ckpt, why = checkpoint.load(ckpt_path, fp, p["epochs"])
     if ckpt is not None and not load_weights(ckpt, G, D):   # same fingerprint, yet it does not fit
-        ckpt, why = None, f"checkpoint {ckpt_path} does not fit the models: starting fresh"
+        ckpt, why = None, f"checkpoint {ckpt_path} does not fit the models ({p['arch']}): starting fresh"
         G, D, fixed_noise = build(p, size, channels)
     log(why)
     best = Best(ckpt.get("best") if ckpt is not None else None)
@@ -117,10 +117,10 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
                     ema.update(bs, ((epoch - 1) * steps + i + 1) * bs)
                 bar.update(bs)                          # counts only: no host sync inside the epoch
         stats = stepper.read_stats(steps, world)
+        epoch_s = time.perf_counter() - t0              # the steps alone (read_stats waits for them)
         stop_if_diverged(stats, epoch, ckpt_path)       # the same on every rank: all stop together
         if world.main:
             stats.update(held_out.d_means(D))
-        epoch_s = time.perf_counter() - t0
         stats.update(images_per_s=steps * bs / epoch_s, epoch_s=epoch_s)
         scored = quality is not None and (epoch % p["eval_every"] == 0 or epoch == p["epochs"])
         if world.main and (scored or epoch in grids or epoch == p["epochs"]):

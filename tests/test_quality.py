@@ -57,7 +57,7 @@ def test_probe_adds_fid_and_kid_with_inception_weights(monkeypatch):
     real = real_images()
     probe = QualityProbe(real, nz=8, device=torch.device("cpu"), n=len(real), fid_weights="")
     same, noise = probe.score(Replay(real)), probe.score(Noise())
-    assert list(same) == ["swd", "fid", "kid"]
+    assert [k for k in same if k in ("swd", "fid", "kid")] == ["swd", "fid", "kid"]   # beside any other scorer
     assert same["fid"] == pytest.approx(0, abs=1e-6) and noise["fid"] > 0.01 and noise["kid"] > same["kid"]
 
 

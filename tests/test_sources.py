@@ -1,6 +1,5 @@
 """sources.py derives the project files a script runs from its imports (dvc.yaml's deps and the checkpoint
 fingerprint come from it); no import cycle anywhere in the package."""
-import ast
 from pathlib import Path
 
 import pytest

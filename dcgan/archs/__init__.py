@@ -7,7 +7,8 @@ relies on, and nothing more:
 - `generator(image_size, channels, nz, width)`: forward maps z of shape (N, nz) to images (N, channels,
   image_size, image_size) in [-1, 1]; in eval mode an image depends on its own z only (so batches can be
   split and merged freely: generation, serving, EMA recalibration). `.config` is a dict of the constructor's
-  keyword arguments holding at least `image_size`, `channels` and `nz`, and `.nz` returns config["nz"].
+  keyword arguments holding at least `image_size`, `channels`, `nz` and `ngf` (its width: the encoder stage
+  builds the encoder as wide), and `.nz` returns config["nz"].
 - `discriminator(image_size, channels, width, spectral_norm)`: forward maps images to one logit per image
   (N,). `.config` holds at least `image_size` and `channels`.
 - `encoder(image_size, channels, nz, width)`: forward maps images to latents (N, nz); `.config` and `.nz`

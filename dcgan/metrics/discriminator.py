@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .. import pictures, sampling
 from . import REGISTRY, EvalContext, Metric, Scores
 
-D_BATCH = 64  # the default training batch size
+D_BATCH = 64  # images per batch: BatchNorm statistics over batches of one kind, as in training
 
 
 def classifier_report(real_logits, fake_logits) -> dict:

@@ -46,4 +46,4 @@ class InversionMetric(Metric):
             return {}
         ctx.log(f"inversion of {min(len(ctx.test), INVERSION_IMAGES)} test images, three ways")
         return inversion_modes(ctx.generator, ctx.encoder, np.array(ctx.test_subset(INVERSION_IMAGES)),
-                               ctx.params.get("invert_steps", 100), ctx.device, seed=ctx.seed)
+                               ctx.params["invert_steps"], ctx.device, seed=ctx.seed)

