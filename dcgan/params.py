@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +26,7 @@ import yaml
 from .errors import UserError, brief
 
 PARAMS_FILE = Path("params.yaml")
+FLOAT_TEXT = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 STAGES = ("prepare", "train", "encoder", "export", "generate", "evaluate")
 
 
@@ -296,6 +298,8 @@ def validate(data: dict[str, Any], keys: list[str], path: Path | str = PARAMS_FI
         v = data[key]
         if p.kind is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
+        if p.kind is float and isinstance(v, str) and FLOAT_TEXT.match(v):
+            v = float(v)   # YAML 1.1 reads 5e-05 (no dot: how DVC's -S writes small floats) as a string
         bool_ok = p.kind is bool or (isinstance(p.kind, tuple) and bool in p.kind)
         if (isinstance(v, bool) and not bool_ok) or not isinstance(v, p.kind) or \
                 (isinstance(v, float) and not math.isfinite(v)):

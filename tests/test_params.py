@@ -65,7 +65,7 @@ PREPARE_CASES = [
     ("background", "#ggg", "colour name or hex code"),
     ("background", 255, "must be a str"),
     ("val_fraction", 0.7, "must be in [0, 0.5]"),
-    ("val_fraction", "0.1", "must be a float"),
+    ("val_fraction", "a tenth", "must be a float"),
     ("val_fraction", float("nan"), "must be a float"),
     ("val_fraction", True, "must be a float"),
     ("test_fraction", -0.1, "must be in [0, 0.5]"),
@@ -128,7 +128,8 @@ OTHER_CASES = [
     ("epochs", True, "must be an int"),
     ("batch_size", 0, "must be in [1, 65536]"),
     ("lr_g", 0, "must be in (0, 1]"),
-    ("lr_g", "2e-4", "must be a float"),  # YAML 1.1 reads 2e-4 (no dot) as a string
+    ("lr_g", "2e-3x", "must be a float"),
+    ("lr_g", "nan", "must be a float"),
     ("lr_d", 1.5, "must be in (0, 1]"),
     ("lr_d", -0.0002, "must be in (0, 1]"),
     ("beta1", 1.0, "must be in [0, 1)"),
@@ -330,3 +331,19 @@ def test_docs_sweep_recipe_expands_to_valid_params(tmp_path):
         policies.add(params.read(f)["diffaugment"])
     assert policies == {"", "color,translation", "color,translation,cutout"}
     assert re.search(r"dvc exp show --sort-by metrics/train.json:best_swd", block)
+
+
+@pytest.mark.parametrize("key", [k for k, p in params.SCHEMA.items() if p.kind is float])
+@pytest.mark.parametrize("written, value", [("5e-05", 5e-05), ("1E-4", 1e-4), ("2.5e-1", 0.25), ("3", 3.0)])
+def test_floats_as_dvc_and_people_write_them(tmp_path, key, written, value):
+    """DVC's -S writes small floats as 5e-05, which YAML 1.1 (PyYAML) reads as a string: still a float here."""
+    p = params.SCHEMA[key]
+    text = (ROOT / "params.yaml").read_text()
+    f = tmp_path / "params.yaml"
+    f.write_text("\n".join(f"{key}: {written}" if line.startswith(f"{key}:") else line for line in text.splitlines()))
+    try:
+        got = params.load(p.stages[0], f)[key]
+    except ParamError as e:          # a value out of this param's range: refused for the range, not the spelling
+        assert "must be a float" not in str(e), e
+        return
+    assert got == pytest.approx(value) and isinstance(got, float)
