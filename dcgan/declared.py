@@ -155,17 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--write", action="store_true", help="rewrite the files that differ")
     group.add_argument("--check", action="store_true", help="exit 1 naming each file that differs")
     args = ap.parse_args(argv)
-    stale = [path for path, text in expected().items() if differs(path, text)]
+    stale = {path: text for path, text in expected().items() if differs(path, text)}
     if args.check:
         for path in stale:
             print(f"{path} differs from the declarations: run `python -m dcgan.declared --write`", file=sys.stderr)
         return 1 if stale else 0
     from .files import atomic_write_text
-    for path, text in expected().items():
-        if path in stale:
-            (ROOT / path).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(ROOT / path, text)
-            print(f"wrote {path}")
+    for path, text in stale.items():
+        (ROOT / path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(ROOT / path, text)
+        print(f"wrote {path}")
     return 0
 
 

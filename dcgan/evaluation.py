@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import metrics, pictures, sampling
+from . import metrics, pictures
 from .files import atomic_write_text
 
 SAMPLE_GRID = 64         # generated images in samples.png

@@ -27,9 +27,6 @@ def test_load_reports_missing_and_foreign_files(tmp_path):
 
 
 def test_spectral_norm_discriminator_saves_and_loads(tmp_path):
-    from dcgan.archs.dcgan import Discriminator
-    from dcgan.model import load, save
-
     D = Discriminator(32, 1, 8, spectral_norm=True)
     D.train()(torch.randn(2, 1, 32, 32))
     save(D, tmp_path / "d.pt")
