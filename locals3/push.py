@@ -1,6 +1,7 @@
-"""`dvc push` to the default remote, as the last step of `make run`: one line and exit 0 when the remote is
-unreachable, also when a frozen server leaves the push without progress (see store.PUSH_STALL_S). When the
-default remote is the project's own server, it is started first."""
+"""dvc commands that talk to the default remote (push, pull, status -c, gc -c, fetch), run so that they end in bounded
+time whatever the library versions below dvc: a probe first (one line when the remote is unreachable), then the
+command under a no-progress watchdog (see store.PUSH_STALL_S). When the default remote is the project's own
+server, it is started first. `push` is the last step of `make run`: there an unreachable remote is exit 0."""
 from __future__ import annotations
 
 import os
@@ -106,47 +107,76 @@ def run_watched(cmd: list[str], cwd: Path, stall_s: float) -> tuple[int, bool]:
         raise
 
 
-def push(root: Path | None = None, args: list[str] | None = None) -> int:
+def _start_local_server(root: Path, name: str, rconf: dict, verb: str) -> tuple[str, dict] | None:
+    """The project's own server, started when the default remote is it and it is not running. -> the remote's
+    (name, config) afterwards, or None (one line printed) when it could not start."""
+    try:
+        st = status()
+        if st is None:
+            st = up(root, quiet=True)
+            print(f"started the project's S3 server on {st['url']} (store {home() / 'data'})")
+        elif not rconf.get("access_key_id") or rconf.get("endpointurl") != st["url"]:
+            up(root, quiet=True)       # no config.local yet, or the server moved to another port
+        return remote_conf(root, name)
+    except UsageError:
+        raise
+    except StorageError as e:
+        print(f"dvc {verb} skipped: the project's S3 server could not start ({e}); "
+              "the outputs stay in the local cache")
+        return None
+
+
+def _remote_arg(args: list[str]) -> str | None:
+    """The remote a dvc command line names with -r/--remote (None: the default remote)."""
+    for i, a in enumerate(args):
+        if a in ("-r", "--remote") and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--remote="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def remote_command(verb: str, root: Path | None = None, args: list[str] | None = None,
+                   unreachable_ok: bool = False) -> int:
+    """`dvc <verb> <args>` against the default remote, bounded whatever the library versions below dvc: a remote
+    that does not answer a listing is one line before it starts, and the command is stopped when it makes no
+    progress for DCGAN_S3_PUSH_STALL seconds (aiobotocore bounds reads by read_timeout, writes by nothing).
+    unreachable_ok: exit 0 when the remote cannot be reached (`make run` must not fail for a remote it cannot use)."""
     stall_s = push_stall_s()
     root = root if root is not None else find_root()
-    name, rconf = remote_conf(root)
+    name, rconf = remote_conf(root, _remote_arg(args or []))
     if not name:
-        print("dvc push skipped: no default remote configured; the outputs stay in the local cache")
-        return 0
+        print(f"dvc {verb} skipped: no default remote configured; the outputs stay in the local cache")
+        return 0 if unreachable_ok else 1
     if name == REMOTE and is_embedded(rconf):
-        try:
-            st = status()
-            if st is None:
-                st = up(root, quiet=True)
-                print(f"started the project's S3 server on {st['url']} (store {home() / 'data'})")
-            elif not rconf.get("access_key_id") or rconf.get("endpointurl") != st["url"]:
-                up(root, quiet=True)       # no config.local yet, or the server moved to another port
-            name, rconf = remote_conf(root, name)
-        except UsageError:
-            raise
-        except StorageError as e:
-            print(f"dvc push skipped: the project's S3 server could not start ({e}); "
-                  "the outputs stay in the local cache")
-            return 0
+        started = _start_local_server(root, name, rconf, verb)
+        if started is None:
+            return 0 if unreachable_ok else 1
+        name, rconf = started
     where = f"remote '{name}' ({rconf.get('url')}" + (f" at {rconf['endpointurl']})" if rconf.get("endpointurl") else ")")
+    later = "the outputs stay in the local cache; " if verb == "push" else ""
     why = probe(root, name)
     if why:
-        print(f"dvc push skipped: {where} is not reachable: {why} — the outputs stay in the local cache; "
-              "`dvc push` later")
-        return 0
+        print(f"dvc {verb} skipped: {where} is not reachable: {why} — {later}`dvc {verb}` later")
+        return 0 if unreachable_ok else 1
     t0 = time.monotonic()
-    code, stalled = run_watched([sys.executable, "-m", "dvc", "push", *(args or [])], root, stall_s)
+    code, stalled = run_watched([sys.executable, "-m", "dvc", verb, *(args or [])], root, stall_s)
     if code == 0 and not stalled:
-        print(f"dvc push to {where} done in {time.monotonic() - t0:.1f} s")
+        prep = {"push": "to", "pull": "from", "fetch": "from"}.get(verb, "against")
+        print(f"dvc {verb} {prep} {where} done in {time.monotonic() - t0:.1f} s")
         return 0
-    done = (f"dvc push stopped after {time.monotonic() - t0:.0f} s: no progress for {stall_s:g} s "
-            "(DCGAN_S3_PUSH_STALL)") if stalled else "dvc push failed"
+    done = (f"dvc {verb} stopped after {time.monotonic() - t0:.0f} s: no progress for {stall_s:g} s "
+            "(DCGAN_S3_PUSH_STALL)") if stalled else f"dvc {verb} failed"
     why = probe(root, name)
     if why:
-        print(f"{done}: {where} became unreachable: {why} — the outputs stay in the local cache; "
-              "`dvc push` later")
-        return 0
+        print(f"{done}: {where} became unreachable: {why} — {later}`dvc {verb}` later")
+        return 0 if unreachable_ok else 1
     if stalled:
-        print(f"{done}, although {where} answers; `dvc push -v` shows where it waits")
+        print(f"{done}, although {where} answers; `dvc {verb} -v` shows where it waits")
         return 1
     return code
+
+
+def push(root: Path | None = None, args: list[str] | None = None) -> int:
+    """The last step of `make run`: exit 0 when the remote cannot be reached (the outputs stay in the cache)."""
+    return remote_command("push", root, args, unreachable_ok=True)
