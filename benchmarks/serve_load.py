@@ -3,15 +3,16 @@
     python benchmarks/serve_load.py [--clients 16] [--seconds 20] [--instances 8] [--image-share 0.25]
 
 The server (`python -m dcgan.serve`, a separate process, default settings) serves the demo model:
-models/generator_best.pt and models/encoder.pt when `make run` has made them, else untrained models of
-the demo's shape (32 px grey, nz 100, width 64: the same compute). Each client sends requests back to back,
-each with `--instances` instances: embedding -> image, or with probability `--image-share` image -> embedding
-(a digit-sized PNG; the encoder alone unless --invert-steps). Before the load, in this process, the raw
-batched generator throughput is measured at the server's batch size (G alone, no HTTP, no PNG), the faster
-of two ways: one call at a time on all cores, and one single-threaded call per core side by side. Prints
-p50/p99 latency, images/s, errors, the server's resident memory after warm-up and at the end; the last
-line is JSON. The clients use aiohttp: they share the cores with the server, and per request it costs
-about a third of the CPU that httpx does (measured: the client process at 7% of a core instead of 21%).
+models/published/generator.pt and models/encoder.pt (made for it) when `make run` has made them, else
+untrained models of the demo's shape (32 px grey, nz 100, width 64: the same compute). Each client sends
+requests back to back, each with `--instances` instances: embedding -> image, or with probability
+`--image-share` image -> embedding (a digit-sized PNG; the encoder alone unless --invert-steps). Before the
+load, in this process, the raw batched generator throughput is measured at the server's batch size (G alone,
+no HTTP, no PNG), the faster of two ways: one call at a time on all cores, and one single-threaded call per
+core side by side. Prints p50/p99 latency, images/s, errors, the server's resident memory after warm-up and at
+the end; the last line is JSON. The clients use aiohttp: they share the cores with the server, and per request
+it costs about a third of the CPU that httpx does (measured: the client process at 7% of a core instead of
+21%).
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ from dcgan.archs.dcgan import Encoder, Generator, init_weights
 
 
 def demo_models(tmp: Path) -> tuple[Path, Path, str]:
-    g, e = ROOT / "models/generator_best.pt", ROOT / "models/encoder.pt"
+    g, e = ROOT / models.PUBLISHED_GENERATOR, ROOT / "models/encoder.pt"     # the pipeline made e for g
     if g.is_file() and e.is_file():
         return g, e, "trained demo model"
     torch.manual_seed(0)

@@ -118,6 +118,8 @@ def dvc_yaml(text: str) -> str:
                 stage["params"][:] = STAGE_KEYS[name]
             else:
                 stage.insert(list(stage).index("deps") + 1, "params", STAGE_KEYS[name])
+        elif name in STAGE_KEYS and "params" in stage:   # the stage reads no param (any more)
+            del stage["params"]
     out = io.StringIO()
     rt.dump(doc, out)
     return out.getvalue()

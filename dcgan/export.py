@@ -2,7 +2,8 @@
 
 The generator maps z (N, nz) to images (N, C, H, W) in [-1, 1]; the encoder maps such images to z. Both
 are exported in eval mode (BatchNorm uses its running statistics), with a dynamic batch dimension, in
-float32 and the default memory layout, so any runtime can take them.
+float32 and the default memory layout, so any runtime can take them. Each file is written under a temporary
+name and renamed into place: a run killed half-way leaves the previous file, never a truncated one.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from . import archs
 from .errors import brief
+from .files import atomic_path
 
 FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}
 ONNX_OPSET = 17
@@ -44,7 +46,8 @@ def export_torchscript(model: nn.Module, path: Path) -> Path:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still the portable format
         traced = torch.jit.trace(model, example_input(model))
-        traced.save(str(path), _extra_files={"dcgan.json": json.dumps({"kind": kind, "config": model.config})})
+        with atomic_path(path, fsync=True) as tmp:
+            traced.save(str(tmp), _extra_files={"dcgan.json": json.dumps({"kind": kind, "config": model.config})})
     return path
 
 
@@ -53,9 +56,10 @@ def export_onnx(model: nn.Module, path: Path) -> Path:
     src, dst = io_names(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its own deprecation
-        torch.onnx.export(model, (example_input(model),), str(path), input_names=[src], output_names=[dst],
-                          dynamic_axes={src: {0: "batch"}, dst: {0: "batch"}}, opset_version=ONNX_OPSET,
-                          dynamo=False)
+        with atomic_path(path, fsync=True) as tmp:
+            torch.onnx.export(model, (example_input(model),), str(tmp), input_names=[src], output_names=[dst],
+                              dynamic_axes={src: {0: "batch"}, dst: {0: "batch"}}, opset_version=ONNX_OPSET,
+                              dynamo=False)
     return path
 
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 
 def atomic_write(path: Path | str, write: Callable[[BinaryIO], object], *, fsync: bool = False) -> Path:
@@ -27,6 +28,32 @@ def atomic_write(path: Path | str, write: Callable[[BinaryIO], object], *, fsync
             os.unlink(tmp)
         raise
     return path
+
+
+@contextmanager
+def atomic_path(path: Path | str, *, fsync: bool = False) -> Iterator[Path]:
+    """For writers that want a file name, not a file (torch.jit's save, torch.onnx.export): a temporary path
+    next to `path`, renamed over `path` when the block ends, deleted when it raises (or the process is
+    killed before the rename: then `path` is still the previous file, and only a dot-named *.tmp is left).
+
+        with atomic_path(out) as tmp:
+            torch.onnx.export(model, args, str(tmp))
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:

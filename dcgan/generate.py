@@ -7,9 +7,10 @@
   python -m dcgan.generate invert  --model models/generator.pt --input folder_or.jsonl --out out/
         image -> latent: out/latents.jsonl ({"key", "z", "reconstruction_mse"}) and out/comparison.png
 
-Options left out fall back to params.yaml (num_images, generate_seed, invert_steps, device, generator) when it
-exists, then to the defaults declared in dcgan/params.py. Without --model: models/generator_best.pt (the
-best-scoring generator of training), or with `generator: last`, models/generator.pt.
+Options left out fall back to params.yaml (num_images, generate_seed, invert_steps, device) when it exists,
+then to the defaults declared in dcgan/params.py. Without --model: models/published/generator.pt, the
+generator the pipeline publishes (the one the `generator` param picks); before the publish stage has run,
+the file the param picks (models/generator_best.pt, or with `generator: last`, models/generator.pt).
 """
 from __future__ import annotations
 
@@ -42,14 +43,14 @@ def settings(params_file: Path, **given) -> dict:
     return params.validate(p, KEYS, "command line")
 
 
-def model_path(model: Path | None, generator: str) -> Path:
-    """`model` when given; else the `generator` param: best (generator_best.pt) or last (generator.pt)."""
+def model_path(model: Path | None, params_file: Path = params.PARAMS_FILE) -> Path:
+    """`model` when given; else the published generator (model.default_generator: before the publish stage
+    has run, the file that params_file's `generator` picks)."""
     if model is not None:
         return model
-    path = models.GENERATOR_FILES[generator]
-    if not path.is_file() and models.GENERATOR_FILES["last"].is_file():
-        print(f"{path} not found (trained before the best generator was kept): using {models.GENERATOR_FILES['last']}")
-        return models.GENERATOR_FILES["last"]
+    path = models.default_generator(params_file)
+    if path != models.PUBLISHED_GENERATOR:
+        print(f"{models.PUBLISHED_GENERATOR} not found (dvc repro publish writes it): using {path}")
     return path
 
 
@@ -153,8 +154,8 @@ def main():
                         ("invert", "image -> latent for a folder of images or JSON Lines of base64 images")):
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("--model", type=Path, default=None,
-                        help="generator .pt file (default: models/generator_best.pt, or models/generator.pt "
-                             "with generator: last in params.yaml)")
+                        help="generator .pt file (default: models/published/generator.pt, the one the "
+                             "pipeline publishes)")
         sp.add_argument("--out", type=Path, required=True, help="output folder")
         sp.add_argument("--params", type=Path, default=params.PARAMS_FILE, help="params.yaml to read defaults from")
         sp.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N, mps")
@@ -173,7 +174,7 @@ def main():
     args = ap.parse_args()
     p = settings(args.params, num_images=getattr(args, "num", None), generate_seed=args.seed,
                  invert_steps=getattr(args, "steps", None), device=args.device)
-    G, device = load_generator(model_path(args.model, p["generator"]), p["device"])
+    G, device = load_generator(model_path(args.model, args.params), p["device"])
     COMMANDS[args.command](args, G, device, p)
 
 

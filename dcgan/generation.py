@@ -1,7 +1,8 @@
 """Using a trained generator: sample images, latent -> image, image -> latent (projection), interpolation.
 
 Images come from `sampling.sample_images` (the generator in eval mode: an image depends only on its own z,
-never on what else is in the batch).
+never on what else is in the batch). Every file is written atomically (dcgan.files): a run killed half-way
+leaves whole files, the previous ones or the new ones, never a truncated one.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from . import pictures, sampling
 from .errors import UserError
+from .files import atomic_write
 from .images import EXTENSION_FORMATS, BadImage, decode
 
 NOISE_BATCH = 256  # latents write_samples draws from its generator per step: changing it changes every image
@@ -42,7 +44,7 @@ def write_samples(G, out_dir: Path, n: int, seed: int, device, progress: bool = 
             # (torch draws short and long normal runs with different algorithms).
             imgs = sampling.sample_images(G, torch.randn(NOISE_BATCH, G.nz, generator=gen)[:m], device)
             for j, img in enumerate(imgs):
-                pictures.to_pil(img).save(out_dir / f"{start + j:0{width}d}.png")
+                pictures.save_png(pictures.to_pil(img), out_dir / f"{start + j:0{width}d}.png")
             bar.update(m)
     return n
 
@@ -142,7 +144,7 @@ def latents_to_images(G, rows: list[tuple[str, list[float]]], out_dir: Path, dev
         chunk = rows[start:start + sampling.BATCH]
         imgs = sampling.sample_images(G, torch.tensor([z for _, z in chunk], dtype=torch.float32), device)
         for (key, _), img in zip(chunk, imgs):
-            pictures.to_pil(img).save(out_dir / f"{key}.png")
+            pictures.save_png(pictures.to_pil(img), out_dir / f"{key}.png")
     return len(rows)
 
 
@@ -241,10 +243,12 @@ def invert(G, images: np.ndarray, steps: int, device, seed: int = 0, candidates:
 
 
 def write_latents_jsonl(path: Path, keys: list[str], z: np.ndarray, errors: np.ndarray | None = None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
+    """One {"key", "z"(, "reconstruction_mse")} per line, atomically."""
+    def write(f):
         for i, key in enumerate(keys):
             rec = {"key": key, "z": [round(float(v), 6) for v in z[i]]}
             if errors is not None:
                 rec["reconstruction_mse"] = float(errors[i])
-            f.write(json.dumps(rec) + "\n")
+            f.write((json.dumps(rec) + "\n").encode("utf-8"))
+
+    atomic_write(path, write)

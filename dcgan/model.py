@@ -8,10 +8,39 @@ from torch import nn
 
 from . import archs
 from .errors import brief
-from .files import atomic_torch_save
+from .files import atomic_torch_save, atomic_write
 
-# The train stage's two generators; the `generator` param picks one for encoder, export, generate, evaluate
+# The train stage's two generators; the `generator` param picks one, which the publish stage copies to
+# PUBLISHED_GENERATOR: the registry's `generator` artifact, and the one generator that encoder, export,
+# generate, evaluate and the server read (so a change of the param retrains nothing, and every product of
+# the pipeline comes from the weights the registry holds).
 GENERATOR_FILES = {"best": Path("models/generator_best.pt"), "last": Path("models/generator.pt")}
+PUBLISHED_GENERATOR = Path("models/published/generator.pt")
+_MADE_BY = {PUBLISHED_GENERATOR: "publish", Path("models/encoder.pt"): "encoder"}   # else train
+
+
+def publish(source: Path, dest: Path = PUBLISHED_GENERATOR) -> Path:
+    """Copy a generator file byte for byte (the registry then holds exactly the file training wrote),
+    atomically; ValueError naming the file when it is not a generator saved by this project."""
+    load(source, kind="generator")
+    data = Path(source).read_bytes()
+    return atomic_write(dest, lambda f: f.write(data), fsync=True)
+
+
+def default_generator(params_file: Path | str | None = None) -> Path:
+    """The generator to use when none is named (the CLI, the server): the published one; where the publish
+    stage has not run, the file that params_file's `generator` picks (the default when there is no file),
+    or generator.pt when that one is missing (trained before the best generator was kept)."""
+    if PUBLISHED_GENERATOR.is_file():
+        return PUBLISHED_GENERATOR
+    from . import params
+
+    params_file = Path(params_file or params.PARAMS_FILE)
+    choice = params.SCHEMA["generator"].default
+    if params_file.is_file():
+        choice = params.validate(params.read(params_file), ["generator"], params_file)["generator"]
+    path = GENERATOR_FILES[choice]
+    return GENERATOR_FILES["last"] if not path.is_file() and GENERATOR_FILES["last"].is_file() else path
 
 
 def encoder_misfit(encoder_config: dict, generator_config: dict) -> str | None:
@@ -42,7 +71,8 @@ def load(path: Path | str, device: str | torch.device = "cpu", kind: str | None 
     ValueError naming the file when it holds another kind."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model file '{path}' not found (run `dvc repro train` or `dvc pull train`)")
+        stage = _MADE_BY.get(path, "train")
+        raise FileNotFoundError(f"model file '{path}' not found (run `dvc repro {stage}` or `dvc pull {stage}`)")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob["kind"] not in archs.KINDS:

@@ -27,7 +27,7 @@ from .errors import UserError, brief
 
 PARAMS_FILE = Path("params.yaml")
 FLOAT_TEXT = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
-STAGES = ("prepare", "train", "encoder", "export", "generate", "evaluate")
+STAGES = ("prepare", "train", "publish", "encoder", "export", "generate", "evaluate")
 
 
 class ParamError(UserError, ValueError):
@@ -236,9 +236,10 @@ _SECTIONS: list[tuple[str, list[tuple]]] = [
         ("generate_seed", int, 1, "seed of the generate stage's noise", ("generate",), False, between(0, MAX_SEED)),
         ("invert_steps", int, 100, "refinement steps when projecting images to latents, from the encoder's "
          "guess (0 = the encoder alone)", ("generate", "evaluate"), False, between(0, 100_000)),
-        ("generator", str, "best", "the generator that encoder, export, generate and evaluate use: best "
+        ("generator", str, "best", "the generator to publish as models/published/generator.pt (the registry's "
+         "`generator` artifact, which encoder, export, generate, evaluate and the server use): best "
          "(models/generator_best.pt, lowest SWD in training) or last (models/generator.pt)",
-         ("encoder", "export", "generate", "evaluate"), False, one_of("best", "last")),
+         ("publish",), False, one_of("best", "last")),
     ]),
     ("evaluate", [
         ("fid_weights", str, "", "path to pt_inception-2015-12-05-6726825d.pth for FID/KID (train and evaluate); "

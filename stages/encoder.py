@@ -14,8 +14,8 @@ BATCH = 64
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", type=Path, default=params.PARAMS_FILE)
-    ap.add_argument("--generator", type=Path, default=None,
-                    help="generator .pt (default: by the `generator` param, as the generate stage)")
+    ap.add_argument("--generator", type=Path, default=models.PUBLISHED_GENERATOR,
+                    help="generator .pt (default: the one the publish stage published)")
     ap.add_argument("--out", type=Path, default=Path("models/encoder.pt"))
     ap.add_argument("--summary", type=Path, default=Path("metrics/encoder.json"))
     args = ap.parse_args()
@@ -24,9 +24,8 @@ def main():
         device = pick_device(p["device"])
     except ValueError as e:
         raise params.ParamError(f"{args.params}: 'device' {e}") from None
-    path = args.generator or models.GENERATOR_FILES[p["generator"]]
     try:
-        G = models.load(path, device, kind="generator")
+        G = models.load(args.generator, device, kind="generator")
     except ValueError as e:
         raise cli.UserError(str(e)) from None
     E, summary = encoder.train_encoder(G, p["encoder_steps"], BATCH, p["encoder_lr"], p["encoder_pixel_weight"],

@@ -14,8 +14,8 @@ def main():
     ap.add_argument("--generated", type=Path, default=Path("data/generated/images"),
                     help="folder of generated PNG files (the generate stage's output)")
     ap.add_argument("--discriminator", type=Path, default=Path("models/discriminator.pt"))
-    ap.add_argument("--generator", type=Path, default=None,
-                    help="generator for the inversion scores (default: by the `generator` param)")
+    ap.add_argument("--generator", type=Path, default=model.PUBLISHED_GENERATOR,
+                    help="generator for the inversion scores (default: the one the publish stage published)")
     ap.add_argument("--encoder", type=Path, default=Path("models/encoder.pt"))
     ap.add_argument("--out-json", type=Path, default=Path("metrics/eval.json"))
     ap.add_argument("--out-dir", type=Path, default=Path("metrics/eval"), help="folder of the pictures")
@@ -44,7 +44,7 @@ def main():
     except ValueError as e:
         raise cli.UserError(str(e)) from None
     G = E = None
-    g_path = args.generator or model.GENERATOR_FILES[p["generator"]]
+    g_path = args.generator
     if args.encoder.is_file() and g_path.is_file():
         try:
             G, E = model.load(g_path, device, kind="generator"), model.load(args.encoder, device, kind="encoder")

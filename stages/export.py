@@ -6,17 +6,17 @@ from dcgan import cli, export, params
 from dcgan import model as models
 
 
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", type=Path, default=params.PARAMS_FILE)
-    ap.add_argument("--generator", type=Path, default=None, help="default: by the `generator` param")
+    ap.add_argument("--generator", type=Path, default=models.PUBLISHED_GENERATOR,
+                    help="default: the one the publish stage published")
     ap.add_argument("--encoder", type=Path, default=Path("models/encoder.pt"))
     ap.add_argument("--out", type=Path, default=Path("models/export"))
     args = ap.parse_args()
-    p = params.load("export", args.params)
+    params.load("export", args.params)   # the whole file is checked, as every stage does
     written = []
-    for path, kind in ((args.generator or models.GENERATOR_FILES[p["generator"]], "generator"), (args.encoder, "encoder")):
+    for path, kind in ((args.generator, "generator"), (args.encoder, "encoder")):
         try:
             m = models.load(path, kind=kind)
         except ValueError as e:

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from dcgan import cli, generate, params
+from dcgan import model as models
 
 
 def main():
@@ -17,13 +18,13 @@ def main():
     ap.add_argument("--out", type=Path, default=Path("data/generated"))
     ap.add_argument("--real", type=Path, default=Path("data/prepared/test.npy"),
                     help="uint8 .npy of real images, a few of which are projected to latents")
-    ap.add_argument("--model", type=Path, default=None,
-                    help="generator .pt file (default: by the `generator` param)")
+    ap.add_argument("--model", type=Path, default=models.PUBLISHED_GENERATOR,
+                    help="generator .pt file (default: the one the publish stage published)")
     ap.add_argument("--encoder", type=Path, default=None,
                     help="encoder that starts the inversion (default: models/encoder.pt when it fits)")
     args = ap.parse_args()
     p = generate.settings(args.params)
-    G, device = generate.load_generator(generate.model_path(args.model, p["generator"]), p["device"])
+    G, device = generate.load_generator(args.model, p["device"])
     generate.sample(G, device, p, args.out, args.real, args.encoder)
 
 

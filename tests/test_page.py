@@ -1,5 +1,6 @@
-"""The page at / in a real headless browser (Debian's chromium + chromedriver, driven by Selenium): pick a
-seed, move the interpolation slider, upload an image; screenshot; check that images came back."""
+"""The page at / in a real headless browser (Debian's chromium + chromedriver, driven by Selenium): the
+server has an API key, the page opens without it and asks for it; then pick a seed, move the interpolation
+slider, upload an image; screenshot; check that images came back."""
 import os
 import shutil
 import socket
@@ -17,6 +18,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 DRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
                                 reason="no headless browser here: apt-get install -y chromium chromium-driver")
+
+
+API_KEY = "page-test-key"
 
 
 def free_port() -> int:
@@ -37,7 +41,7 @@ def server(tmp_path):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dcgan.serve", "--model", str(tmp_path / "g.pt"),
                              "--encoder", str(tmp_path / "e.pt"), "--port", str(port), "--invert-steps", "5"],
-                            cwd=ROOT,
+                            cwd=ROOT, env={**os.environ, "DCGAN_API_KEY": API_KEY},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     import httpx
@@ -70,7 +74,11 @@ def test_page_in_a_headless_browser(server, tmp_path):
     try:
         wait = WebDriverWait(driver, 30)
         loaded = "const i = document.getElementById(arguments[0]); return i.complete && i.naturalWidth > 0;"
-        driver.get(server + "/")
+        driver.get(server + "/")                      # opens without the key, and asks for it
+        wait.until(lambda d: d.find_element(By.ID, "auth").is_displayed())
+        assert "API key" in driver.find_element(By.ID, "error").text
+        driver.find_element(By.ID, "key").send_keys(API_KEY)
+        driver.find_element(By.ID, "key-ok").click()
         wait.until(lambda d: d.execute_script(loaded, "seed-img") and d.execute_script(loaded, "lerp-img"))
         first = driver.find_element(By.ID, "seed-img").get_attribute("src")
         seed = driver.find_element(By.ID, "seed")      # type a seed, press show: a new image arrives

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import copy_repo, env, set_params, sh
 
@@ -22,13 +23,14 @@ def ran_stages(out: str) -> set:
 
 def test_repro_full_dag_then_nothing_then_only_downstream_of_a_generate_param(repo):
     r = sh("dvc repro", repo)
-    assert ran_stages(r.stdout) == {"demo", "prepare", "train", "encoder", "export", "generate", "evaluate"}
+    assert ran_stages(r.stdout) == {"demo", "prepare", "train", "publish", "encoder", "export", "generate", "evaluate"}
 
     manifest = json.loads((repo / "data/prepared/manifest.json").read_text())
     assert manifest["counts"]["skipped"] == 0 and sum(manifest["counts"][s] for s in ("train", "val", "test")) == 5000
     train = np.load(repo / "data/prepared/train.npy", allow_pickle=False)
     assert train.dtype == np.uint8 and train.shape[1:] == (1, 32, 32)
-    for f in ("models/generator.pt", "models/generator_best.pt", "models/discriminator.pt", "models/checkpoint.pt",
+    for f in ("models/generator.pt", "models/generator_best.pt", "models/published/generator.pt",
+              "models/discriminator.pt", "models/checkpoint.pt",
               "models/encoder.pt", "models/export/generator.onnx", "models/export/generator.ts",
               "models/export/encoder.onnx", "models/export/encoder.ts", "metrics/train.json", "metrics/encoder.json",
               "metrics/eval.json", "data/generated/grid.png", "data/generated/interpolation.png"):
@@ -56,9 +58,31 @@ def test_repro_full_dag_then_nothing_then_only_downstream_of_a_generate_param(re
     ev = json.loads((repo / "metrics/eval.json").read_text())
     assert ev["inversion_mse_encoder_refined"] <= ev["inversion_mse_encoder"]   # refinement starts from E(x)
 
-    set_params(repo, generator="last")   # which generator: encoder, export, generate and evaluate follow
+    published = repo / "models/published/generator.pt"
+    assert published.read_bytes() == (repo / "models/generator_best.pt").read_bytes()
+    assert_exports_hold_the_published_weights(repo)
+    set_params(repo, generator="last")   # which generator: publish reruns, never train; what reads it follows
     r = sh("dvc repro", repo)
-    assert ran_stages(r.stdout) == {"encoder", "export", "generate", "evaluate"}
+    assert published.read_bytes() == (repo / "models/generator.pt").read_bytes()
+    same = (repo / "models/generator.pt").read_bytes() == (repo / "models/generator_best.pt").read_bytes()
+    assert ran_stages(r.stdout) == {"publish"} | (set() if same else {"encoder", "export", "generate", "evaluate"})
+    assert_exports_hold_the_published_weights(repo)
+    artifacts = yaml.safe_load((repo / "dvc.yaml").read_text())["artifacts"]
+    assert artifacts["generator"]["path"] == "models/published/generator.pt"
+
+
+def assert_exports_hold_the_published_weights(repo):
+    """The artifacts generator, generator-onnx and generator-torchscript: one generator's weights."""
+    import torch
+    from dcgan import export, model
+
+    G = model.load(repo / "models/published/generator.pt")
+    z = torch.randn(4, G.nz, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = G(z)
+        for name in ("generator.onnx", "generator.ts"):
+            run, _, _ = export.load_runnable(repo / "models/export" / name)
+            assert (run(z) - want).abs().max().item() < 1e-4, name
 
 
 def test_invalid_param_stops_dvc_repro_with_the_key_named(repo):

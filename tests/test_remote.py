@@ -136,7 +136,7 @@ def test_fresh_clone_pulls_byte_identical_and_restores_each_commit(project, tmp_
 
 def test_pull_one_stage_then_fetch(project, tmp_path):
     c = clone(project, tmp_path / "clone")
-    project.srv.dvc("pull train encoder export", c)                              # those stages' outputs only
+    project.srv.dvc("pull train publish encoder export", c)                      # those stages' outputs only
     assert_same(c, project.h2, "models")
     assert not (c / "data" / "prepared").exists() and not (c / "data" / "demo").exists()
 
@@ -154,16 +154,27 @@ def test_model_registry_tags_download_through_s3(project, tmp_path):
     srv.dvc(f"artifacts get {c} generator -o latest.pt", out)
     srv.dvc(f"artifacts get {c} generator --rev v0.1.0 -o v010.pt", out)
     srv.dvc(f"artifacts get {c} generator --stage prod -o prod.pt", out)
-    assert sha256(out / "latest.pt") == project.h2["models/generator.pt"]
-    assert sha256(out / "v010.pt") == project.h1["models/generator.pt"]
-    assert sha256(out / "prod.pt") == project.h1["models/generator.pt"]
+    published = "models/published/generator.pt"     # the generator the pipeline published (generator: best)
+    assert project.h1[published] == project.h1["models/generator_best.pt"]
+    assert sha256(out / "latest.pt") == project.h2[published]
+    assert sha256(out / "v010.pt") == project.h1[published]
+    assert sha256(out / "prod.pt") == project.h1[published]
 
     # by URL (dvc clones it; no config.local there): the endpoint and keys on the command line
     key, secret = srv.keys()
     srv.dvc(f"artifacts get file://{project.repo} generator --stage prod -o url-prod.pt --remote-config "
             f"endpointurl=http://127.0.0.1:{srv.port} access_key_id={key} secret_access_key={secret} "
             f"configpath={project.repo / '.dvc' / 'aws-s3-checksums.ini'}", out)
-    assert sha256(out / "url-prod.pt") == project.h1["models/generator.pt"]
+    assert sha256(out / "url-prod.pt") == project.h1["models/published/generator.pt"]
+
+    # the server's prod deployment: that generator, and the encoder of the same commit (dvc.lock agrees that it
+    # was trained on it), both from S3; not the encoder of the workspace, which is the second commit's
+    from dcgan.serve import registry
+    cache = tmp_path / "serve-cache"
+    g_path, version = registry.resolve("generator", "prod", c, cache)
+    e_path = registry.encoder_for(g_path, None, cache)
+    assert sha256(g_path) == project.h1[published] and version == f"prod:{project.first[:7]}"
+    assert sha256(Path(e_path)) == project.h1["models/encoder.pt"] != project.h2["models/encoder.pt"]
 
 
 def test_wrong_credentials_fail_fast_and_write_nothing(project, tmp_path):

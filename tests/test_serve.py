@@ -138,6 +138,60 @@ def test_not_json_and_too_large_bodies():
     assert r.status_code == 413
 
 
+Z_REST = ", ".join(["0"] * (NZ - 1))      # a latent's last NZ - 1 numbers, after a hostile first one
+
+
+def latent_body(first: str, key: str = '"k"') -> bytes:
+    return f'{{"instances": [{{"z": [0, {Z_REST}]}}, {{"embeddings": [{first}, {Z_REST}], "key": {key}}}]}}'.encode()
+
+
+@pytest.mark.parametrize("body,status,words", [
+    # orjson stops at 1024 levels; after a NaN, Python's parser takes over and stops at its recursion limit
+    (b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, ["nested deeper than 1024 levels"]),
+    (b'{"instances": [NaN, ' + b"[" * 5000 + b"]" * 5000 + b"]}", 400, ["nested too deeply"]),
+    (latent_body("1" + "0" * 5000), 400, ["instance 1: 'embeddings'[0] is infinite", "not a finite number"]),
+    (latent_body("1" + "0" * 400), 400, ["instance 1: 'embeddings'[0] is infinite", "not a finite number"]),
+    (latent_body("-1e400"), 400, ["'embeddings'[0] is -infinite"]),
+    (latent_body("1e39"), 400, ["'embeddings'[0] is 1e+39, beyond float32's range"]),
+    (latent_body("1" + "0" * 39), 400, ["'embeddings'[0] is 1e+39, beyond float32's range"]),
+    (latent_body("Infinity"), 400, ["'embeddings'[0] is infinite"]),
+    (latent_body("null"), 400, ["'embeddings'[0] is null, not a finite number"]),
+    (latent_body("[0.5]"), 400, ["'embeddings'[0] is a list, not a finite number"]),
+    # numeric strings are refused on every path: the fast one (all strings) and the slow one (one string)
+    (json.dumps({"instances": [{"z": ["0.5"] * NZ}]}).encode(), 400, ["'z'[0] is the string \"0.5\", not a"]),
+    (json.dumps({"instances": [{"z": [0.5] * (NZ - 1) + ["1"]}]}).encode(), 400, [f"'z'[{NZ - 1}] is the string"]),
+    (json.dumps({"instances": [{"z": [0.5] * (NZ - 1) + ["x" * 10_000]}]}).encode(), 400, ["xxxxx...\", not"]),
+    (latent_body("0", key='"\\ud800"'), 400, ["instance 1: 'key' is not valid Unicode"]),   # 500 once: unwritable
+    (latent_body("0", key="1" + "0" * 5000), 400, ["instance 1: 'key' must be a string, got infinite"]),
+    (b"\xff\xfe{}", 400, ["body is not JSON"]),
+    (json.dumps({"instances": [{"z": [0] * NZ}] * 257}).encode(), 413, ["257 instances; at most 256"]),
+])
+def test_malformed_bodies_get_400_naming_what_is_wrong_never_500(body, status, words):
+    c = client()
+    t0 = time.monotonic()
+    r = c.post("/v1/models/generator:predict", content=body)
+    assert r.status_code == status, r.text
+    msg = r.json()["error"]
+    for w in words:
+        assert w in msg, msg
+    assert len(msg) < 300 and time.monotonic() - t0 < 10       # never the whole value; no slow parse
+    assert c.post("/v1/models/generator:predict", json={"instances": [{"z": [0] * NZ}]}).status_code == 200
+
+
+@pytest.mark.parametrize("query,words", [
+    ("/sample?n=" + "1" * 5000, ["'n' must be an integer", "..."]),   # int() refuses over 4300 digits
+    ("/sample?n=%C2%B2", ["'n' must be an integer"]),                  # '²' is a digit to str.isdigit, not int()
+    ("/sample?seed=%201%20", ["'seed' must be an integer"]),
+    ("/interpolate?t=nan", ["'t' must be a number in [0, 1]"]),
+    ("/interpolate?t=" + "9" * 5000, ["'t' must be a number in [0, 1]", "..."]),
+])
+def test_malformed_queries_get_400(query, words):
+    r = client().get(query)
+    assert r.status_code == 400, r.text
+    msg = r.json()["error"]
+    assert all(w in msg for w in words) and len(msg) < 200, msg
+
+
 class Slow(torch.nn.Module):
     def __init__(self, G, seconds):
         super().__init__()
@@ -157,15 +211,28 @@ def test_slow_request_gets_504_and_the_next_one_is_answered():
     assert c2.post("/v1/models/generator:predict", json={"instances": [{"z": [0] * NZ}]}).status_code == 200
 
 
+def test_every_time_limit_is_a_504():
+    """/sample and /interpolate over the time limit answered 500 (their TimeoutError was not caught)."""
+    G, _ = tiny_models()
+    c = client(G=Slow(G, 0.5), timeout_s=0.1)
+    for route in ("/sample?n=2", "/sample?n=1", "/interpolate?a=1&b=2&t=0.3"):
+        r = c.get(route)
+        assert r.status_code == 504 and "longer than 0.1 s" in r.json()["error"], (route, r.text)
+
+
 def test_api_key_is_required_when_set():
     c = client(api_key="s3cret")
     body = {"instances": [{"z": [0] * NZ}]}
     assert c.post("/v1/models/generator:predict", json=body).status_code == 401
     assert c.post("/v1/models/generator:predict", json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
-    assert c.get("/v1/models/generator").status_code == 401 and c.get("/").status_code == 401
+    assert c.get("/v1/models/generator").status_code == 401
+    for route in ("/sample?n=1", "/interpolate"):
+        assert c.get(route).status_code == 401, route
     assert c.post("/v1/models/generator:predict", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert c.get("/v1/models/generator", headers={"X-API-Key": "s3cret"}).status_code == 200
     assert c.get("/healthz").status_code == 200   # for load balancers
+    page = c.get("/")                              # the page opens without the key, and asks for it
+    assert page.status_code == 200 and 'id="key"' in page.text and "DCGAN_API_KEY" in page.text
 
 
 def test_metadata_health_sample_interpolate_page():

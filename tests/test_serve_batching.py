@@ -112,3 +112,25 @@ def test_a_failing_call_fails_its_requests_and_the_next_batch_runs():
             await batcher.submit(np.ones((1, 1)))
         return await batcher.submit(np.ones((2, 1)))
     assert asyncio.run(go()).shape == (2, 1) and calls == [1, 2]
+
+
+def test_no_model_call_exceeds_max_batch_rows():
+    """A request larger than max_batch is run in pieces; a queued request that would overflow the batch
+    waits for the next one; each request still gets its own rows back, in order."""
+    fn = Recorder()
+    batcher = Batcher(fn, ModelThreads(1), max_batch=8, max_wait_s=0.05)
+
+    async def go():
+        big = np.arange(20.0).reshape(20, 1)
+        return await asyncio.gather(batcher.submit(big), batcher.submit(np.full((5, 1), -1.0)),
+                                    batcher.submit(np.full((5, 1), -2.0)))
+    big, a, b = asyncio.run(go())
+    assert max(fn.sizes) <= 8 and sum(fn.sizes) == 30, fn.sizes
+    assert np.array_equal(big, 2 * np.arange(20.0).reshape(20, 1))
+    assert np.array_equal(a, np.full((5, 1), -2.0)) and np.array_equal(b, np.full((5, 1), -4.0))
+
+
+def test_tuple_outputs_of_a_request_in_pieces_are_joined():
+    batcher = Batcher(lambda rows: (rows, rows[:, 0] * 10), ModelThreads(1), max_batch=3, max_wait_s=0)
+    z, err = asyncio.run(batcher.submit(torch.arange(7.0).reshape(7, 1)))
+    assert z.shape == (7, 1) and torch.equal(err, torch.arange(7.0) * 10)

@@ -1,8 +1,11 @@
 """Server-side batching: requests that arrive close together are run as one model call.
 
-Each request submits its rows (a tensor or array of k items) to a Batcher (one per model). A worker task
-forms a batch when a model thread is free: everything queued by then, up to `max_batch` rows; if that is
-less than `max_batch`, it waits for more until the batch's first request has waited `max_wait_s`. While
+Each request submits its rows (a tensor or array of k items) to a Batcher (one per model); more than
+`max_batch` rows are queued as several pieces, so that no model call ever exceeds `max_batch` rows (a
+request of 256 instances does not hold a model thread for one oversized call). A worker task forms a batch
+when a model thread is free: what is queued by then, up to `max_batch` rows (a piece that would not fit
+starts the next batch); if that is less than `max_batch`, it waits for more until the batch's first
+request has waited `max_wait_s`. While
 the model threads are busy, requests queue up and join the next batch without any extra wait, so a
 loaded server never idles its model threads for the timer. `fn` runs in the model threads (ModelThreads,
 shared by the batchers); each request gets its slice of the result. The event loop never blocks on the
@@ -41,6 +44,15 @@ def _concat(parts):
     return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
 
 
+def _join(outs: list):
+    """The pieces' outputs (arrays/tensors, or tuples of them) as one."""
+    if len(outs) == 1:
+        return outs[0]
+    if isinstance(outs[0], tuple):
+        return tuple(_concat(list(parts)) for parts in zip(*outs))
+    return _concat(outs)
+
+
 def _split(out, sizes: list[int]):
     """fn's output (an array/tensor, or a tuple of them) cut into one piece per submission."""
     bounds = np.cumsum([0] + sizes)
@@ -65,14 +77,23 @@ class Batcher:
             # first call, or a new event loop (test clients may run each request in their own)
             self.loop, self.queue = loop, asyncio.Queue()
             self.worker = loop.create_task(self._work())
-        fut = loop.create_future()
-        await self.queue.put((rows, fut, time.monotonic()))
-        return await fut
+        futs = []
+        for a in range(0, len(rows), self.max_batch):
+            futs.append(loop.create_future())
+            self.queue.put_nowait((rows[a:a + self.max_batch], futs[-1], time.monotonic()))
+        try:
+            return _join(await asyncio.gather(*futs))
+        except BaseException:     # a time limit, or a failed piece: the other pieces are not run or awaited
+            for fut in futs:
+                fut.cancel()
+            raise
 
     async def _work(self):
         free = self.threads.free()
+        held = None                                  # a piece that did not fit the last batch: it starts this one
         while True:
-            items = [await self.queue.get()]
+            items = [held or await self.queue.get()]
+            held = None
             await free.acquire()                     # meanwhile more requests queue up
             try:
                 n = len(items[0][0])
@@ -88,6 +109,9 @@ class Batcher:
                             item = await asyncio.wait_for(self.queue.get(), left)
                         except asyncio.TimeoutError:
                             break
+                    if n + len(item[0]) > self.max_batch:
+                        held = item
+                        break
                     items.append(item)
                     n += len(item[0])
             except BaseException:
