@@ -5,6 +5,7 @@ Every failure is a `BadImage` whose message is the reason shown in the manifest'
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 
 import numpy as np
@@ -28,6 +29,12 @@ OS_DEBRIS = {"thumbs.db", "desktop.ini", ".ds_store", "icon\r", "ehthumbs.db"}
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is a bad file, not a half-grey image
 
 
+# PIL warns about odd chunks and about big images; we judge a file by the outcome and bound its pixels ourselves.
+# A filter on PIL's own warnings, set once: warnings.catch_warnings() is not thread-safe (the server decodes in threads)
+warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+_OPEN_LOCK = threading.Lock()
+
+
 class BadImage(Exception):
     """A file that cannot become a training image; str(e) is the reason."""
 
@@ -40,40 +47,28 @@ def decode(data: bytes, ext: str, channels: int, size: int, resize: str, backgro
     expected = EXTENSION_FORMATS.get(ext.lower())
     if expected is None:
         raise BadImage(f"not an image extension: '{ext or '(none)'}'")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # PIL warns about odd chunks; we judge by outcome
-        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # max_pixels below replaces PIL's own limit
-        try:
-            im = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as e:
-            raise BadImage(f"decompression bomb: {e}") from None
-        except UnidentifiedImageError:
-            raise BadImage("not an image (unrecognised content)") from None
-        except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt headers
-            raise BadImage(f"corrupt header: {e}") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
-        if im.format not in expected:
-            raise BadImage(f"wrong extension: content is {im.format} but the name ends in '{ext}'")
-        w, h = im.size
-        if w * h > max_pixels:  # judged from the header: the pixels are never decoded
-            raise BadImage(f"decompression bomb: {w}x{h} = {w * h} pixels is over max_image_pixels={max_pixels}")
-        if w < 1 or h < 1:
-            raise BadImage(f"empty image ({w}x{h})")
-        try:
-            im.seek(0)  # GIF/WebP/TIFF: first frame
-            im.load()
-        except Exception as e:  # noqa: BLE001
-            raise BadImage(f"truncated or corrupt data: {e}") from None
-        try:
-            im = ImageOps.exif_transpose(im)  # camera JPEGs stored sideways come out upright
-        except Exception:  # noqa: BLE001 - a broken EXIF block is not worth losing the image for
-            pass
-        try:
-            im = to_mode(im, channels, background)
-            im = fit(im, size, resize, background)
-        except Exception as e:  # noqa: BLE001 - an exotic mode PIL cannot convert is one bad file, not a crash
-            raise BadImage(f"cannot convert {im.mode} {w}x{h} image: {e}") from None
+    im = _open_header(data)
+    if im.format not in expected:
+        raise BadImage(f"wrong extension: content is {im.format} but the name ends in '{ext}'")
+    w, h = im.size
+    if w * h > max_pixels:  # judged from the header: the pixels are never decoded
+        raise BadImage(f"decompression bomb: {w}x{h} = {w * h} pixels is over max_image_pixels={max_pixels}")
+    if w < 1 or h < 1:
+        raise BadImage(f"empty image ({w}x{h})")
+    try:
+        im.seek(0)  # GIF/WebP/TIFF: first frame
+        im.load()
+    except Exception as e:  # noqa: BLE001
+        raise BadImage(f"truncated or corrupt data: {e}") from None
+    try:
+        im = ImageOps.exif_transpose(im)  # camera JPEGs stored sideways come out upright
+    except Exception:  # noqa: BLE001 - a broken EXIF block is not worth losing the image for
+        pass
+    try:
+        im = to_mode(im, channels, background)
+        im = fit(im, size, resize, background)
+    except Exception as e:  # noqa: BLE001 - an exotic mode PIL cannot convert is one bad file, not a crash
+        raise BadImage(f"cannot convert {im.mode} {w}x{h} image: {e}") from None
     arr = np.asarray(im, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[None]
@@ -82,18 +77,29 @@ def decode(data: bytes, ext: str, channels: int, size: int, resize: str, backgro
     return np.ascontiguousarray(arr)
 
 
+def _open_header(data: bytes) -> Image.Image:
+    """PIL's image object with only the header read; PIL's own pixel limit is lifted (the caller's max_pixels
+    replaces it), under a lock because that limit is one setting for the whole process."""
+    with _OPEN_LOCK:
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as e:
+            raise BadImage(f"decompression bomb: {e}") from None
+        except UnidentifiedImageError:
+            raise BadImage("not an image (unrecognised content)") from None
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt headers
+            raise BadImage(f"corrupt header: {e}") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+
 def to_mode(im: Image.Image, channels: int, background: str) -> Image.Image:
     """Any PIL mode -> 'L' or 'RGB', compositing transparency over `background`."""
     bg = ImageColor.getrgb(background)[:3]
     mode = im.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 16-bit grayscale: scale 0..65535 to 0..255 (clipping would make everything white)
-        a = np.asarray(im, dtype=np.float64)
-        im = Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8), "L")
-    elif mode == "F":
-        a = np.asarray(im, dtype=np.float64)
-        scale = 255.0 if a.max(initial=0) <= 1.0 else 1.0
-        im = Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), "L")
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        im = _deep_to_8bit(im)
     elif mode == "1":
         im = im.convert("L")
     elif mode == "CMYK":
@@ -110,9 +116,7 @@ def to_mode(im: Image.Image, channels: int, background: str) -> Image.Image:
         im = im.convert("RGBA")
 
     if im.mode in ("RGBA", "LA"):
-        rgba = im.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, bg + (255,))
-        im = Image.alpha_composite(canvas, rgba).convert("RGB")
+        im = _over_background(im, bg)
     if im.mode not in ("L", "RGB"):
         im = im.convert("RGB")
     if channels == 1 and im.mode != "L":
@@ -120,6 +124,52 @@ def to_mode(im: Image.Image, channels: int, background: str) -> Image.Image:
     elif channels == 3 and im.mode != "RGB":
         im = im.convert("RGB")
     return im
+
+
+# Whole-image conversions run a band of rows at a time: their temporaries are a few MB, not several times the
+# image (a 16-bit image at max_image_pixels took gigabytes in float64 copies).
+BAND_PIXELS = 1 << 18
+
+
+def _bands(im: Image.Image):
+    """(top row, the rows from there as a new image) covering `im`, about BAND_PIXELS pixels each."""
+    w, h = im.size
+    rows = max(1, BAND_PIXELS // max(w, 1))
+    for y in range(0, h, rows):
+        yield y, im.crop((0, y, w, min(h, y + rows)))
+
+
+def _deep_to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grayscale (I;16*, I, F) -> 'L', scaled rather than clipped (clipping would make a
+    16-bit image all white): integers 0..65535 -> 0..255 as round(v / 257); floats as round(v * 255) when
+    none is over 1.0, else round(v); NaN -> 0. Only the output (1 byte a pixel) is full-size."""
+    w, h = im.size
+    out = np.empty((h, w), np.uint8)
+    scale = 1.0
+    if im.mode == "F":  # a first pass for the maximum, ignoring NaN (fmax)
+        top = max(float(np.fmax.reduce(np.asarray(band), axis=None, initial=0.0)) for _, band in _bands(im))
+        scale = 255.0 if top <= 1.0 else 1.0
+    for y, band in _bands(im):
+        a = np.asarray(band)
+        if im.mode == "F":
+            a = np.nan_to_num(a.astype(np.float64) * scale, nan=0.0, posinf=255.0, neginf=0.0)
+            np.rint(a, out=a)
+            np.clip(a, 0, 255, out=a)
+        else:  # (v + 128) // 257 is round(v / 257) for integers: v / 257 is never a half
+            a = (np.clip(a.astype(np.int32), 0, 65535) + 128) // 257
+        out[y:y + a.shape[0]] = a
+    return Image.fromarray(out)
+
+
+def _over_background(im: Image.Image, bg: tuple) -> Image.Image:
+    """RGBA or LA composited over an opaque `bg` -> RGB, band by band (the same pixels as compositing the
+    whole image at once, without three full-size RGBA copies)."""
+    out = Image.new("RGB", im.size)
+    for y, band in _bands(im):
+        rgba = band.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, bg + (255,))
+        out.paste(Image.alpha_composite(canvas, rgba).convert("RGB"), (0, y))
+    return out
 
 
 def fit(im: Image.Image, size: int, resize: str, background: str) -> Image.Image:
