@@ -21,7 +21,7 @@ RCLONE = VENV_BIN / "rclone"
 # What `repo_of_the_project` copies: the DVC config, and the Makefile with the files its `setup` rule depends on
 # (the storage-up/storage-down targets)
 PROJECT_FILES = [".dvc/config", ".dvc/.gitignore", ".dvc/aws-s3-checksums.ini",
-                 "Makefile", "requirements.txt", "pyproject.toml"]
+                 "Makefile", "requirements.txt", "requirements.lock", "requirements-nodeps.txt", "pyproject.toml"]
 
 
 def rclone_error() -> str | None:
