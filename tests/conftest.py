@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import socket
 import shutil
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,36 @@ def copy_repo(dest: Path, params: dict | None = None, demo_limit: int | None = N
 def repo(tmp_path) -> Path:
     """A fresh git+dvc copy of this repository with tiny params, outside the working tree."""
     return copy_repo(tmp_path / "repo")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serving(generator: Path, encoder: Path, *args: str, env: dict | None = None, tries: int = 600):
+    """`python -m dcgan.serve` of these model files (plus `args`) on a free port, polled until /healthz answers
+    (at most `tries` polls 0.1 s apart; the test fails with the server's output when it exits first).
+    -> (url, port); the server is terminated when the block ends."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "dcgan.serve", "--model", str(generator), "--encoder",
+                             str(encoder), "--port", str(port), *args],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(tries):
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+            if proc.poll() is not None:
+                pytest.fail(proc.stdout.read())
+        yield url, port
+    finally:
+        proc.terminate()
+        proc.wait(10)

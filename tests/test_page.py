@@ -3,16 +3,12 @@ server has an API key, the page opens without it and asks for it; then pick a se
 slider, upload an image; screenshot; check that images came back."""
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import serving
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 DRIVER = shutil.which("chromedriver")
@@ -21,12 +17,6 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
 
 
 API_KEY = "page-test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -38,24 +28,9 @@ def server(tmp_path):
     torch.manual_seed(0)
     save(Generator(32, 3, 16, 8).apply(init_weights), tmp_path / "g.pt")
     save(Encoder(32, 3, 16, 8).apply(init_weights), tmp_path / "e.pt")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "dcgan.serve", "--model", str(tmp_path / "g.pt"),
-                             "--encoder", str(tmp_path / "e.pt"), "--port", str(port), "--invert-steps", "5"],
-                            cwd=ROOT, env={**os.environ, "DCGAN_API_KEY": API_KEY},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    import httpx
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-        if proc.poll() is not None:
-            pytest.fail(proc.stdout.read())
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with serving(tmp_path / "g.pt", tmp_path / "e.pt", "--invert-steps", "5",
+                 env={**os.environ, "DCGAN_API_KEY": API_KEY}, tries=300) as (url, _):
+        yield url
 
 
 def test_page_in_a_headless_browser(server, tmp_path):

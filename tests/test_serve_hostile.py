@@ -10,8 +10,6 @@ import json
 import os
 import select
 import socket
-import subprocess
-import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -22,7 +20,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from conftest import ROOT
+from conftest import serving
 from dcgan.serve import __main__ as serve_main
 from dcgan.serve import app as app_module
 from dcgan.serve.app import Models, Settings, create_app
@@ -170,12 +168,6 @@ LOAD_S = 5.0           # how long the mix runs
 SZ = 16                # the served generator's nz
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     import torch
@@ -186,24 +178,9 @@ def server(tmp_path_factory):
     torch.manual_seed(0)
     save(Generator(32, 1, SZ, 8).apply(init_weights), tmp / "g.pt")
     save(Encoder(32, 1, SZ, 8).apply(init_weights), tmp / "e.pt")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "dcgan.serve", "--model", str(tmp / "g.pt"),
-                             "--encoder", str(tmp / "e.pt"), "--port", str(port), "--invert-steps", "0",
-                             "--timeout-s", "5", "--body-timeout-s", "1", "--head-timeout-s", "1",
-                             "--max-body-bytes", "1000000"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-        if proc.poll() is not None:
-            pytest.fail(proc.stdout.read())
-    yield SimpleNamespace(url=url, port=port)
-    proc.terminate()
-    proc.wait(10)
+    with serving(tmp / "g.pt", tmp / "e.pt", "--invert-steps", "0", "--timeout-s", "5", "--body-timeout-s", "1",
+                 "--head-timeout-s", "1", "--max-body-bytes", "1000000") as (url, port):
+        yield SimpleNamespace(url=url, port=port)
 
 
 def raw(port: int, parts: list[bytes], delay: float = 0.0) -> int:
