@@ -8,28 +8,6 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 
-def atomic_write(path: Path | str, write: Callable[[BinaryIO], object], *, fsync: bool = False) -> Path:
-    """Call write(f) on a temporary file next to `path`, then rename it over `path` (os.replace is atomic).
-
-    fsync=True also survives power loss, not just a killed process (checkpoints)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are files to share
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 @contextmanager
 def atomic_path(path: Path | str, *, fsync: bool = False) -> Iterator[Path]:
     """For writers that want a file name, not a file (torch.jit's save, torch.onnx.export): a temporary path
@@ -48,12 +26,21 @@ def atomic_path(path: Path | str, *, fsync: bool = False) -> Iterator[Path]:
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are files to share
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(path: Path | str, write: Callable[[BinaryIO], object], *, fsync: bool = False) -> Path:
+    """Call write(f) on a temporary file next to `path`, then rename it over `path` (os.replace is atomic).
+
+    fsync=True also survives power loss, not just a killed process (checkpoints)."""
+    with atomic_path(path, fsync=fsync) as tmp, open(tmp, "wb") as f:
+        write(f)
+    return Path(path)
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
