@@ -81,13 +81,15 @@ def load(path: Path, fp: dict, epochs: int | None = None) -> tuple[dict | None, 
     return ckpt, f"resuming from checkpoint at epoch {epoch}"
 
 
-def save(path: Path, fp: dict, epoch: int, summary: dict, G, D, opt_g, opt_d, fixed_noise, rng: list, ema, best):
-    """Everything a resume needs, written atomically (a kill mid-write leaves the previous checkpoint)."""
+def save(path: Path, fp: dict, epoch: int, summary: dict, G, D, opt_g, opt_d, fixed_noise, rng: list, ema, best,
+         layer_plan: dict | None = None):
+    """Everything a resume needs, written atomically (a kill mid-write leaves the previous checkpoint).
+    layer_plan: the precision and layout each conv ran in (layer_plan.py), which a resume keeps."""
     atomic_torch_save({
         "fingerprint": fp, "epoch": epoch, "wall_s": summary["wall_s"], "summary": summary,
         "G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
         "fixed_noise": fixed_noise, "rng": rng, "G_ema": ema.state_dict() if ema is not None else None,
-        "best": best.state_dict(),
+        "best": best.state_dict(), "layer_plan": layer_plan,
     }, path)
 
 

@@ -130,6 +130,15 @@ def gather_objects(obj, world: World) -> list:
     return out
 
 
+def broadcast_object(obj, world: World):
+    """Rank 0's obj on every rank."""
+    if not world.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def checksums_agree(modules, world: World) -> tuple[bool, list[float]]:
     """Every rank's float64 sum of all parameters: DDP keeps them equal, and this says whether it did."""
     total = sum(float(p.detach().double().sum()) for m in modules for p in unwrap(m).parameters())

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import archs, checkpoint, distributed, live, losses, pictures, sampling
+from . import archs, checkpoint, distributed, gpu_claim, layer_plan, live, losses, pictures, sampling
 from .augment import DiffAugment
 from .device import FastPath, adam, autocast, memory_format, pick_device, resolve
 from .distributed import World
@@ -59,6 +59,7 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
         ema = None
         if ckpt.get("G_ema") is not None:   # on the training device and layout: recalibration gives the same bytes
             G.to(device, memory_format=memory_format(device, fast.channels_last))
+            layer_plan.apply({"G": G}, ckpt.get("layer_plan") or {})
             ema = EMA(G, p["ema_halflife"], p["ema_rampup"])
             ema.load_state_dict(ckpt["G_ema"])
         if world.main:
@@ -69,6 +70,8 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
     fmt = memory_format(device, fast.channels_last)
     G.to(device, memory_format=fmt).train()
     D.to(device, memory_format=fmt).train()
+    steps, local = n // bs, bs // world.size
+    plan = plan_layers(p, fast, device, {"G": G, "D": D}, local, ckpt, world, log)
     opt_g, opt_d = optimisers(p, G, D, device, fast)
     G_ddp, D_ddp = distributed.wrap(G, world, device), distributed.wrap(D, world, device)
     ema = EMA(G, p["ema_halflife"], p["ema_rampup"]) if p["ema_halflife"] > 0 else None
@@ -82,7 +85,6 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
 
     # ---- the step, and what is measured after each epoch ----
     data = ResidentData(train_arr, device, fmt)      # on the GPU: one uint8 tensor; on the CPU: the memory map
-    steps, local = n // bs, bs // world.size
     augment = DiffAugment(p["diffaugment"])
     stepper = Stepper(G_ddp, D_ddp, opt_g, opt_d, p["nz"], fast, device, log=log, loss=losses.build(p["loss"]),
                       augment=augment, r1_gamma=p["r1_gamma"], r1_every=p["r1_every"])
@@ -144,7 +146,8 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
                 distributed.average_buffers(m, world)
             rng = distributed.gather_objects(checkpoint.rng_state(), world)
             if world.main:
-                checkpoint.save(ckpt_path, fp, epoch, summary, G, D, opt_g, opt_d, fixed_noise, rng, ema, best)
+                checkpoint.save(ckpt_path, fp, epoch, summary, G, D, opt_g, opt_d, fixed_noise, rng, ema, best,
+                                plan)
 
     # ---- outputs ----
     if world.distributed:
@@ -166,6 +169,10 @@ def setup_device(p: dict, n: int, world: World) -> tuple[torch.device, FastPath,
         raise UserError("the train split of the prepared data is empty: add images to `source`, "
                         "or lower val_fraction/test_fraction")
     device = distributed.device_for(world, pick_device(p["device"]))
+    claimed = gpu_claim.device_for_run(p["device"], world.distributed) if device.type == "cuda" else None
+    if claimed is not None:     # a queue on several GPUs: one no other experiment holds (gpu_claim.py)
+        device = claimed
+        torch.cuda.set_device(device)   # CUDA graph capture and the compiler use the current device
     fast = resolve(p, device, distributed=world.distributed)
     bs = min(p["batch_size"], n)
     if bs % world.size:
@@ -193,6 +200,27 @@ def load_weights(ckpt: dict, G, D) -> bool:
     except (KeyError, RuntimeError):
         return False
     return True
+
+
+def plan_layers(p: dict, fast: FastPath, device: torch.device, models: dict, batch: int, ckpt: dict | None,
+                world: World, log) -> dict[str, str]:
+    """On the CPU, each conv in the precision and layout that runs it fastest here (layer_plan.py): the plan
+    the checkpoint trained with when resuming, else rank 0's (cached or timed now). {} elsewhere."""
+    if device.type != "cpu":
+        return {}
+    plan = ckpt.get("layer_plan") if ckpt is not None else None
+    if plan is None:
+        G, D = models["G"], models["D"]
+        size, channels = D.config["image_size"], D.config["channels"]
+        inputs = {"G": torch.zeros(batch, G.nz),
+                  "D": torch.zeros(batch, channels, size, size).contiguous(memory_format=memory_format(
+                      device, fast.channels_last))}
+        settings = layer_plan.candidates(p, fast.precision, fast.channels_last)
+        plan = layer_plan.plan_for(models, inputs, settings, log) if world.main else None
+        plan = distributed.broadcast_object(plan, world)
+    layer_plan.apply(models, plan)
+    log(f"layer plan: {layer_plan.summary(plan)}")
+    return plan
 
 
 def optimisers(p: dict, G, D, device: torch.device, fast: FastPath):

@@ -6,6 +6,7 @@ import socket
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 POKEMON = ROOT.parent / "shared" / "datasets" / "pokemon"
+# The tests' own cache of layer plans (dcgan/layer_plan.py), shared by the stages they start: a run here
+# never reads plans timed outside the tests, and runs that compare weights see the same plan.
+os.environ["DCGAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="dcgan-test-cache-")
 
 # Small enough that the whole DAG runs in seconds on 2 CPU cores.
 TINY = {
