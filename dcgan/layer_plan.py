@@ -29,7 +29,6 @@ from torch import nn
 
 from .files import atomic_write_text
 
-SETTINGS = ("fp32-nhwc", "fp32-nchw", "bf16-nhwc", "bf16-nchw")
 MARGIN = 0.03        # another setting replaces the uniform one only when this much faster (timing noise)
 WARMUP, REPS, MIN_TIMED_S = 2, 5, 0.05
 
@@ -39,12 +38,12 @@ class _Planned:
     The class changes, not the module's structure: state_dict keys, checkpoints and exports stay as they were."""
     layer_setting = "fp32-nhwc"
 
-    def forward(self, x, *args):
+    def forward(self, x, *args, **kwargs):
         x = x.contiguous(memory_format=_layout(self.layer_setting))
         if self.layer_setting.startswith("fp32") and torch.is_autocast_enabled("cpu"):
             with torch.autocast("cpu", enabled=False):
-                return super().forward(x.float(), *args)
-        return super().forward(x, *args)
+                return super().forward(x.float(), *args, **kwargs)
+        return super().forward(x, *args, **kwargs)
 
 
 class PlannedConv2d(_Planned, nn.Conv2d):

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny params, and a temporary copy of the repository for dvc integration tests."""
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import shutil
@@ -20,6 +21,7 @@ POKEMON = ROOT.parent / "shared" / "datasets" / "pokemon"
 # The tests' own cache of layer plans (dcgan/layer_plan.py), shared by the stages they start: a run here
 # never reads plans timed outside the tests, and runs that compare weights see the same plan.
 os.environ["DCGAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="dcgan-test-cache-")
+atexit.register(shutil.rmtree, os.environ["DCGAN_CACHE_DIR"], True)
 
 # Small enough that the whole DAG runs in seconds on 2 CPU cores.
 TINY = {
