@@ -57,6 +57,22 @@ def device_for_run(device_name: str, distributed: bool, log=print) -> torch.devi
     return torch.device("cuda", index)
 
 
+def stage_device(device_name: str, distributed: bool = False, log=print) -> torch.device:
+    """The device a stage runs on: pick_device's choice, and where that is CUDA and the run may choose among
+    several GPUs, the one this process claims, made current (CUDA graph capture and the compiler use the
+    current device). The train, encoder and evaluate stages of a queued experiment each claim one this way.
+    ValueError naming the device, as pick_device, when it is not available."""
+    import torch
+
+    from .device import pick_device
+    device = pick_device(device_name)
+    claimed = device_for_run(device_name, distributed, log) if device.type == "cuda" else None
+    if claimed is None:
+        return device
+    torch.cuda.set_device(claimed)
+    return claimed
+
+
 def claim(count: int, ids: list[str] | None = None, lock_dir: Path | None = None, log=print) -> int | None:
     """Take the first GPU no other process holds, else the least shared one (round robin); return its index.
     None, with one line, when the lock directory cannot be used: training goes on without a claim."""

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import archs, checkpoint, distributed, gpu_claim, layer_plan, live, losses, pictures, sampling
 from .augment import DiffAugment
-from .device import FastPath, adam, autocast, memory_format, pick_device, resolve
+from .device import FastPath, adam, autocast, memory_format, resolve
 from .distributed import World
 from .ema import EMA
 from .engine import ResidentData, Stepper
@@ -168,11 +168,8 @@ def setup_device(p: dict, n: int, world: World) -> tuple[torch.device, FastPath,
     if n == 0:
         raise UserError("the train split of the prepared data is empty: add images to `source`, "
                         "or lower val_fraction/test_fraction")
-    device = distributed.device_for(world, pick_device(p["device"]))
-    claimed = gpu_claim.device_for_run(p["device"], world.distributed) if device.type == "cuda" else None
-    if claimed is not None:     # a queue on several GPUs: one no other experiment holds (gpu_claim.py)
-        device = claimed
-        torch.cuda.set_device(device)   # CUDA graph capture and the compiler use the current device
+    # a queue on several GPUs: one no other experiment holds (gpu_claim.py); under torchrun cuda:LOCAL_RANK
+    device = distributed.device_for(world, gpu_claim.stage_device(p["device"], world.distributed))
     fast = resolve(p, device, distributed=world.distributed)
     bs = min(p["batch_size"], n)
     if bs % world.size:

@@ -3,9 +3,8 @@ import argparse
 import json
 from pathlib import Path
 
-from dcgan import cli, encoder, params
+from dcgan import cli, encoder, gpu_claim, params
 from dcgan import model as models
-from dcgan.device import pick_device
 from dcgan.files import atomic_write_text
 
 BATCH = 64
@@ -21,7 +20,7 @@ def main():
     args = ap.parse_args()
     p = params.load("encoder", args.params)
     try:
-        device = pick_device(p["device"])
+        device = gpu_claim.stage_device(p["device"])  # one GPU per queued experiment
     except ValueError as e:
         raise params.ParamError(f"{args.params}: 'device' {e}") from None
     try:

@@ -3,8 +3,7 @@
 import argparse
 from pathlib import Path
 
-from dcgan import cli, data, evaluation, model, params
-from dcgan.device import pick_device
+from dcgan import cli, data, evaluation, gpu_claim, model, params
 
 
 def main():
@@ -22,7 +21,7 @@ def main():
     args = ap.parse_args()
     p = params.load("evaluate", args.params)
     try:
-        device = pick_device(p["device"])
+        device = gpu_claim.stage_device(p["device"])  # one GPU per queued experiment
     except ValueError as e:
         raise params.ParamError(f"{args.params}: 'device' {e}") from None
     for split in ("train", "test"):

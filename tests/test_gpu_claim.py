@@ -111,3 +111,21 @@ def test_device_for_run_claims_only_when_it_may_choose_among_several_gpus(tmp_pa
     assert gpu_claim.device_for_run("auto", distributed=False, log=lines.append) == torch.device("cuda", 0)
     assert gpu_claim.device_for_run("cuda", distributed=False, log=lines.append) == torch.device("cuda", 1)
     assert [line.split(":")[:2] for line in lines] == [["device cuda", "0"], ["device cuda", "1"]]
+
+
+def test_each_stage_of_a_queued_experiment_claims_and_makes_current_its_gpu(tmp_path, monkeypatch):
+    """stage_device (train, encoder, evaluate): a claim only where pick_device chose CUDA; the claimed GPU is
+    made the current device."""
+    from dcgan import device as devices
+
+    monkeypatch.setenv(gpu_claim.LOCK_DIR, str(tmp_path))
+    monkeypatch.setenv(gpu_claim.FAKE_GPUS, "2")
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert gpu_claim.stage_device("cpu", log=current.append) == torch.device("cpu") and current == []
+    monkeypatch.setattr(devices, "pick_device", lambda name: torch.device("cuda"))   # as on a CUDA machine
+    lines = []
+    first, second = gpu_claim.stage_device("auto", log=lines.append), gpu_claim.stage_device("auto", log=lines.append)
+    assert (first, second) == (torch.device("cuda", 0), torch.device("cuda", 1)) and current == [first, second]
+    assert gpu_claim.stage_device("auto", distributed=True, log=lines.append) == torch.device("cuda")  # torchrun's
+    assert len(lines) == 2 and lines[1].startswith("device cuda:1")

@@ -14,7 +14,7 @@ import yaml
 
 from conftest import ROOT, TINY, env, make_prepared
 from dcgan import params as P
-from dcgan import engine, training
+from dcgan import engine, gpu_claim, training
 from dcgan.errors import UserError
 
 
@@ -210,9 +210,9 @@ def test_unavailable_device_is_named(tmp_path, prepared):
 
 def test_auto_device_picks_cpu_without_accelerators():
     if torch.cuda.is_available():
-        assert training.pick_device("auto").type == "cuda"
+        assert gpu_claim.stage_device("auto").type == "cuda"
     else:
-        assert training.pick_device("auto").type in ("cpu", "mps")
+        assert gpu_claim.stage_device("auto").type in ("cpu", "mps")
 
 
 def test_rerun_at_epochs_rewrites_every_output_from_the_checkpoint(tmp_path, prepared):
