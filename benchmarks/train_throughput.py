@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -289,7 +290,8 @@ def main():
     print(f"device {name}, torch {torch.__version__}, {torch.get_num_threads()} threads, reference workers {workers}",
           flush=True)
     if gpu:
-        peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
+        # whole words: "L4" is not the L40S
+        peak = next((v for k, v in BF16_PEAK.items() if re.search(rf"\b{re.escape(k)}\b", name)), None)
         print(f"peak: {peak / 1e12 if peak else '?'} TFLOP/s dense bf16 (datasheet)")
     else:
         peaks = matmul_peaks(device)

@@ -25,6 +25,7 @@ LOCK_DIR = "DCGAN_GPU_LOCK_DIR"
 FAKE_GPUS = "DCGAN_FAKE_GPUS"   # for tests: this many fake GPUs, without touching torch.cuda
 
 _held: list[int] = []   # the claim's open files: never closed, so the claim lasts as long as the process
+_claimed: dict[str, int | None] = {}   # lock dir -> the GPU this process claimed there (None: no claim)
 
 
 def default_lock_dir() -> Path:
@@ -50,11 +51,13 @@ def device_for_run(device_name: str, distributed: bool, log=print) -> torch.devi
     ids = visible_gpus()
     if len(ids) < 2:
         return None
-    index = claim(len(ids), ids, log=log)
-    if index is None:
+    lock_dir = str(default_lock_dir())
+    if lock_dir not in _claimed:   # one claim per process: a second run in it (a benchmark's loop) keeps its GPU
+        _claimed[lock_dir] = claim(len(ids), ids, log=log)
+    if _claimed[lock_dir] is None:
         return None
     import torch
-    return torch.device("cuda", index)
+    return torch.device("cuda", _claimed[lock_dir])
 
 
 def stage_device(device_name: str, distributed: bool = False, log=print) -> torch.device:

@@ -186,29 +186,42 @@ def plan_for(models: dict[str, nn.Module], inputs: dict[str, torch.Tensor], sett
     convs = {f"{p}.{n}": m for p, model in models.items() for n, m in model.named_modules()}
     keys = {key: json.dumps([machine(), settings, base_class(convs[key]).__name__, convs[key].extra_repr(), shape])
             for key, shape in shapes.items()}
-    path = cache_path()
+    cache = _read_cache()
+    missing = {key: shape for key, shape in shapes.items() if keys[key] not in cache}
+    if missing:   # time only what no run here has timed: a cached conv keeps its setting (and its numbers)
+        t0 = time.perf_counter()
+        chosen = choose(measure(models, missing, settings), settings[0])
+        log(f"layer plan: timed {len(missing)} convs x {len(settings)} settings in {time.perf_counter() - t0:.1f} s; "
+            f"cached in {cache_path()}")
+        cache = _add_to_cache({keys[key]: setting for key, setting in chosen.items()}, log)
+    return {key: cache[k] for key, k in keys.items()}
+
+
+def _read_cache() -> dict:
     try:
-        cache = json.loads(path.read_text())
+        return json.loads(cache_path().read_text())
     except (OSError, ValueError):
-        cache = {}
-    if all(k in cache for k in keys.values()):
-        return {key: cache[k] for key, k in keys.items()}
-    t0 = time.perf_counter()
-    timings = measure(models, shapes, settings)
-    plan = choose(timings, settings[0])
-    log(f"layer plan: timed {len(shapes)} convs x {len(settings)} settings in {time.perf_counter() - t0:.1f} s; "
-        f"cached in {path}")
-    cache.update({k: plan[key] for key, k in keys.items()})
+        return {}
+
+
+def _add_to_cache(entries: dict[str, str], log) -> dict:
+    """The cache with `entries` added where absent (a run that timed the same conv meanwhile wins: its plan is
+    the one later runs will use), re-read just before writing so that concurrent runs keep each other's."""
+    cache = _read_cache()
+    for k, setting in entries.items():
+        cache.setdefault(k, setting)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(cache, indent=1) + "\n")
+        cache_path().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache_path(), json.dumps(cache, indent=1) + "\n")
     except OSError as e:
         log(f"layer plan not cached ({e}): the next run times the convs again")
-    return plan
+    return cache
 
 
 def summary(plan: dict[str, str]) -> str:
-    """'8 convs fp32-nhwc, 2 fp32-nchw (G.net.9, G.net.12)'."""
+    """'8 convs fp32-nhwc, 2 fp32-nchw (G.net.9, G.net.12)'; 'no convs planned' for an empty plan."""
+    if not plan:
+        return "no convs planned"
     counts: dict[str, list[str]] = {}
     for key, setting in plan.items():
         counts.setdefault(setting, []).append(key)

@@ -79,6 +79,8 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
     if ckpt is not None:
         opt_g.load_state_dict(ckpt["opt_g"])
         opt_d.load_state_dict(ckpt["opt_d"])
+        for opt in (opt_g, opt_d):   # a checkpoint from another device or plan: Adam's state in its weights' layout
+            state_like_weights(opt)
         if ema is not None:
             ema.load_state_dict(ckpt["G_ema"])
         fixed_noise, start, wall_before = ckpt["fixed_noise"], ckpt["epoch"], ckpt["wall_s"]
@@ -206,7 +208,7 @@ def plan_layers(p: dict, fast: FastPath, device: torch.device, models: dict, bat
     if device.type != "cpu":
         return {}
     plan = ckpt.get("layer_plan") if ckpt is not None else None
-    if plan is None:
+    if not plan:    # none recorded (a fresh run, or a checkpoint made on a GPU, where no plan applies)
         G, D = models["G"], models["D"]
         size, channels = D.config["image_size"], D.config["channels"]
         inputs = {"G": torch.zeros(batch, G.nz),
@@ -218,6 +220,17 @@ def plan_layers(p: dict, fast: FastPath, device: torch.device, models: dict, bat
     layer_plan.apply(models, plan)
     log(f"layer plan: {layer_plan.summary(plan)}")
     return plan
+
+
+def state_like_weights(opt: torch.optim.Optimizer):
+    """Each per-weight state tensor (Adam's moments) in the memory layout of its weight: fused Adam walks them
+    in memory order, and a loaded state keeps the layout it was saved in."""
+    for group in opt.param_groups:
+        for w in group["params"]:
+            state = opt.state.get(w, {})
+            for name, v in state.items():
+                if torch.is_tensor(v) and v.shape == w.shape and v.stride() != w.stride():
+                    state[name] = torch.empty_like(w, dtype=v.dtype).copy_(v)
 
 
 def optimisers(p: dict, G, D, device: torch.device, fast: FastPath):

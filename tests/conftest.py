@@ -22,6 +22,9 @@ POKEMON = ROOT.parent / "shared" / "datasets" / "pokemon"
 # never reads plans timed outside the tests, and runs that compare weights see the same plan.
 os.environ["DCGAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="dcgan-test-cache-")
 atexit.register(shutil.rmtree, os.environ["DCGAN_CACHE_DIR"], True)
+# and their own GPU claims (dcgan/gpu_claim.py): a test run never holds a GPU that real experiments would see
+os.environ["DCGAN_GPU_LOCK_DIR"] = tempfile.mkdtemp(prefix="dcgan-test-gpu-claims-")
+atexit.register(shutil.rmtree, os.environ["DCGAN_GPU_LOCK_DIR"], True)
 
 # Small enough that the whole DAG runs in seconds on 2 CPU cores.
 TINY = {

@@ -109,8 +109,10 @@ def test_device_for_run_claims_only_when_it_may_choose_among_several_gpus(tmp_pa
 
     monkeypatch.setenv(gpu_claim.FAKE_GPUS, "2")
     assert gpu_claim.device_for_run("auto", distributed=False, log=lines.append) == torch.device("cuda", 0)
-    assert gpu_claim.device_for_run("cuda", distributed=False, log=lines.append) == torch.device("cuda", 1)
-    assert [line.split(":")[:2] for line in lines] == [["device cuda", "0"], ["device cuda", "1"]]
+    # a second run in the same process (a benchmark's loop) keeps its GPU: no second claim
+    assert gpu_claim.device_for_run("cuda", distributed=False, log=lines.append) == torch.device("cuda", 0)
+    assert [line.split(":")[:2] for line in lines] == [["device cuda", "0"]]
+    assert gpu_claim.claim(2, gpu_claim.visible_gpus(), tmp_path, log=lines.append) == 1   # another claimer: the other
 
 
 def test_each_stage_of_a_queued_experiment_claims_and_makes_current_its_gpu(tmp_path, monkeypatch):
@@ -125,7 +127,8 @@ def test_each_stage_of_a_queued_experiment_claims_and_makes_current_its_gpu(tmp_
     assert gpu_claim.stage_device("cpu", log=current.append) == torch.device("cpu") and current == []
     monkeypatch.setattr(devices, "pick_device", lambda name: torch.device("cuda"))   # as on a CUDA machine
     lines = []
-    first, second = gpu_claim.stage_device("auto", log=lines.append), gpu_claim.stage_device("auto", log=lines.append)
-    assert (first, second) == (torch.device("cuda", 0), torch.device("cuda", 1)) and current == [first, second]
+    assert gpu_claim.claim(2, gpu_claim.visible_gpus(), tmp_path, log=lines.append) == 0   # another experiment: cuda:0
+    first, again = gpu_claim.stage_device("auto", log=lines.append), gpu_claim.stage_device("auto", log=lines.append)
+    assert first == again == torch.device("cuda", 1) and current == [first, first]
     assert gpu_claim.stage_device("auto", distributed=True, log=lines.append) == torch.device("cuda")  # torchrun's
     assert len(lines) == 2 and lines[1].startswith("device cuda:1")

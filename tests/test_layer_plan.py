@@ -6,7 +6,6 @@ import torch
 
 from dcgan import layer_plan
 from dcgan.archs.dcgan import Discriminator, Generator, init_weights
-from dcgan.sampling import eval_mode
 
 
 def models(size=16, channels=3):
@@ -66,11 +65,13 @@ def test_a_mixed_plan_computes_what_the_uniform_models_compute():
     ref["D"](fake_ref).sum().backward()
     for (name, a), b in zip(m["G"].named_parameters(), ref["G"].parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
-    # deep copies (the EMA of G) keep the plan
+    # deep copies (the EMA of G) keep the plan: classes, settings and weight layouts
     ema = copy.deepcopy(m["G"])
-    with eval_mode(ema), eval_mode(m["G"]):
-        torch.testing.assert_close(ema(z), m["G"](z))
-    assert ema.net[0].layer_setting == plan["G.net.0"]
+    for key, setting in plan.items():
+        if key.startswith("G."):
+            conv = ema.get_submodule(key[2:])
+            assert isinstance(conv, layer_plan._Planned) and conv.layer_setting == setting
+            assert conv.weight.stride() == m["G"].get_submodule(key[2:]).weight.stride()
 
 
 def test_an_fp32_conv_leaves_the_bf16_autocast_region():
@@ -103,6 +104,25 @@ def test_plans_are_cached_per_machine_and_shape(tmp_path, monkeypatch):
     assert len(timed) == 3 and len(json.loads((tmp_path / "layer_plans.json").read_text())) == 18
 
 
+def test_a_partial_cache_hit_times_only_the_new_convs_and_keeps_the_cached_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv("DCGAN_CACHE_DIR", str(tmp_path))
+    settings = ["fp32-nhwc", "fp32-nchw"]
+    monkeypatch.setattr(layer_plan, "measure", lambda mods, shapes, s: {k: {"fp32-nhwc": 2.0, "fp32-nchw": 1.0}
+                                                                      for k in shapes})
+    first = layer_plan.plan_for(models(), inputs(), settings, print)
+    assert set(first.values()) == {"fp32-nchw"}
+    timed = []
+    monkeypatch.setattr(layer_plan, "measure", lambda mods, shapes, s: timed.append(set(shapes)) or
+                        {k: {"fp32-nhwc": 1.0, "fp32-nchw": 2.0} for k in shapes})
+    wider = models()
+    wider["D"] = Discriminator(16, 3, 16).apply(init_weights)          # another D: its convs are new
+    plan = layer_plan.plan_for(wider, inputs(), settings, print)
+    assert timed == [{"D.net.0", "D.net.2", "D.net.5"}]
+    assert {k: v for k, v in plan.items() if k.startswith("G.")} == {k: v for k, v in first.items() if k.startswith("G.")}
+    assert {v for k, v in plan.items() if k.startswith("D.")} == {"fp32-nhwc"}
+    assert layer_plan.plan_for(models(), inputs(), settings, print) == first      # the first run's plan, unchanged
+
+
 def test_one_candidate_times_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("DCGAN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(layer_plan, "measure", lambda *a: pytest.fail("timed with nothing to choose"))
@@ -128,5 +148,6 @@ def test_an_unwritable_cache_is_one_line_and_the_plan_still_applies(tmp_path, mo
 
 
 def test_summary_names_the_exceptions():
+    assert layer_plan.summary({}) == "no convs planned"      # a checkpoint made on a GPU
     assert layer_plan.summary({"G.net.0": "fp32-nhwc", "D.net.0": "fp32-nhwc", "D.net.2": "fp32-nchw"}) == \
         "2 convs fp32-nhwc, 1 fp32-nchw (D.net.2)"

@@ -83,6 +83,51 @@ def test_raising_epochs_continues_and_equals_one_long_run(tmp_path, prepared):
     assert steps == ["step", "1", "2", "3"]  # earlier epochs' series kept, no duplicates
 
 
+def mixed_plan(models, inputs, settings, log):
+    """A layer plan with both layouts (timing on this CPU may well choose one for every conv)."""
+    from dcgan import layer_plan
+    return {k: ("fp32-nchw" if i % 2 else "fp32-nhwc") for i, k in enumerate(layer_plan.conv_inputs(models, inputs))}
+
+
+def test_a_resume_keeps_the_checkpoints_layer_plan_and_equals_one_long_run(tmp_path, prepared, monkeypatch):
+    from dcgan import layer_plan
+    monkeypatch.setattr(layer_plan, "plan_for", mixed_plan)
+    run_train(tmp_path, prepared, "long", epochs=3)
+    run_train(tmp_path, prepared, "short", epochs=2)
+    saved = torch.load(tmp_path / "short/models/checkpoint.pt", weights_only=True)["layer_plan"]
+    assert set(saved.values()) == {"fp32-nchw", "fp32-nhwc"}
+    monkeypatch.setattr(layer_plan, "plan_for", lambda *a: pytest.fail("the resume planned anew"))
+    r = run_train(tmp_path, prepared, "short", epochs=3)
+    assert any("resuming from checkpoint at epoch 2" in line for line in r["log"])
+    assert f"layer plan: {layer_plan.summary(saved)}" in r["log"]
+    assert_identical(weights(tmp_path / "long/models"), weights(tmp_path / "short/models"))
+
+
+def test_a_checkpoint_without_a_plan_resumes_with_adams_state_in_the_new_layouts(tmp_path, prepared, monkeypatch):
+    """A checkpoint made on a GPU holds no plan and NHWC everywhere: on the CPU the resume plans, and Adam's
+    moments follow their weights into the planned layouts (fused Adam walks them in memory order)."""
+    from dcgan import layer_plan
+    monkeypatch.setattr(layer_plan, "plan_for", lambda models, inputs, settings, log: {
+        k: "fp32-nhwc" for k in layer_plan.conv_inputs(models, inputs)})       # as every conv on a GPU
+    run_train(tmp_path, prepared, "a", epochs=1, channels_last=True, precision="fp32")
+    ckpt_path = tmp_path / "a/models/checkpoint.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    ckpt["layer_plan"] = {}
+    torch.save(ckpt, ckpt_path)
+    monkeypatch.setattr(layer_plan, "plan_for", mixed_plan)
+    seen = []
+    real = training.state_like_weights
+    monkeypatch.setattr(training, "state_like_weights", lambda opt: (real(opt), seen.append(opt)))
+    r = run_train(tmp_path, prepared, "a", epochs=2, channels_last=True, precision="fp32")
+    assert any("resuming from checkpoint at epoch 1" in line for line in r["log"]) and r["summary"]["epochs_done"] == 2
+    for opt in seen:
+        for w in (w for g in opt.param_groups for w in g["params"]):
+            for v in opt.state[w].values():
+                assert not torch.is_tensor(v) or v.shape != w.shape or v.stride() == w.stride()
+    assert len(seen) == 2 and any(w.dim() == 4 and w.is_contiguous() and w.shape[1] > 1
+                                  for opt in seen for g in opt.param_groups for w in g["params"])
+
+
 QUALITY_OPTIONS = {"loss": "hinge", "spectral_norm": True, "r1_gamma": 1.0, "r1_every": 2,
                    "diffaugment": "color,translation,cutout", "ema_halflife": 500, "ema_rampup": 0.05, "eval_every": 1}
 
