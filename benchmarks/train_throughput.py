@@ -228,7 +228,7 @@ def layers_table(size: int, channels: int, bs: int, params: dict):
     shapes = layer_plan.conv_inputs(models, {"G": torch.zeros(bs, NZ), "D": torch.zeros(bs, channels, size, size)})
     timings = layer_plan.measure(models, shapes, settings)
     plan = layer_plan.choose(timings, settings[0])
-    convs = {f"{p}.{n}": m for p, model in models.items() for n, m in model.named_modules()}
+    convs = layer_plan.modules_by_key(models)
     print(f"\nconvs at {size} px x{channels}, batch {bs}: GFLOP/s of forward + backward")
     print(f"{'conv':10s} {'what':28s} " + " ".join(f"{s:>10s}" for s in settings) + f" {'before':>8s} {'after':>8s}  plan")
     rows, total = [], {"before": 0.0, "after": 0.0}

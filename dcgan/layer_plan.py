@@ -71,18 +71,22 @@ def base_class(m: nn.Module) -> type:
     return next(b for b in PLANNED if isinstance(m, b))
 
 
+def modules_by_key(models: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """Every module of the models under the key plans use: {"G.net.0": ..., "D.net.2": ...}."""
+    return {f"{prefix}.{name}": m for prefix, model in models.items() for name, m in model.named_modules()}
+
+
 def conv_inputs(models: dict[str, nn.Module], inputs: dict[str, torch.Tensor]) -> dict[str, tuple]:
     """{"G.net.0": input shape, ...}: each plannable conv (not spectral-normed) and the shape it sees, from one
     forward pass of each model in eval mode (nothing of the model changes)."""
     from .sampling import eval_mode
 
     shapes, hooks = {}, []
-    for prefix, model in models.items():
-        for name, m in model.named_modules():
-            if type(m) in PLANNED or isinstance(m, _Planned):
-                def record(mod, args, out, key=f"{prefix}.{name}"):
-                    shapes[key] = tuple(args[0].shape)
-                hooks.append(m.register_forward_hook(record))
+    for key, m in modules_by_key(models).items():
+        if type(m) in PLANNED or isinstance(m, _Planned):
+            def record(mod, args, out, key=key):
+                shapes[key] = tuple(args[0].shape)
+            hooks.append(m.register_forward_hook(record))
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             for prefix, model in models.items():
@@ -136,7 +140,7 @@ def time_settings(conv: nn.Module, shape: tuple, settings: list[str]) -> dict[st
 
 def measure(models: dict[str, nn.Module], shapes: dict[str, tuple], settings: list[str]) -> dict[str, dict]:
     """{conv: {setting: seconds}} for every conv and setting."""
-    convs = {f"{p}.{n}": m for p, model in models.items() for n, m in model.named_modules()}
+    convs = modules_by_key(models)
     return {key: time_settings(convs[key], shape, settings) for key, shape in shapes.items()}
 
 
@@ -152,15 +156,14 @@ def choose(timings: dict[str, dict], uniform: str) -> dict[str, str]:
 def apply(models: dict[str, nn.Module], plan: dict[str, str]):
     """Each conv named in the plan runs in its setting: its class becomes the planned one and its weight
     takes the layout (before the optimiser is built: Adam's state follows the weights' layout)."""
-    for prefix, model in models.items():
-        for name, m in model.named_modules():
-            setting = plan.get(f"{prefix}.{name}")
-            if setting is None:
-                continue
-            if type(m) in PLANNED:
-                m.__class__ = PLANNED[type(m)]
-            m.layer_setting = setting
-            m.weight.data = m.weight.data.contiguous(memory_format=_layout(setting))
+    for key, m in modules_by_key(models).items():
+        setting = plan.get(key)
+        if setting is None:
+            continue
+        if type(m) in PLANNED:
+            m.__class__ = PLANNED[type(m)]
+        m.layer_setting = setting
+        m.weight.data = m.weight.data.contiguous(memory_format=_layout(setting))
 
 
 def cache_path() -> Path:
@@ -183,7 +186,7 @@ def plan_for(models: dict[str, nn.Module], inputs: dict[str, torch.Tensor], sett
     shapes = conv_inputs(models, inputs)
     if len(settings) < 2 or not shapes:
         return {key: settings[0] for key in shapes}
-    convs = {f"{p}.{n}": m for p, model in models.items() for n, m in model.named_modules()}
+    convs = modules_by_key(models)
     keys = {key: json.dumps([machine(), settings, base_class(convs[key]).__name__, convs[key].extra_repr(), shape])
             for key, shape in shapes.items()}
     cache = _read_cache()
