@@ -1,16 +1,23 @@
-"""Which training options give the best samples from a few hundred images, at the same image budget?
+"""Which recipe gives good samples from a few hundred images, at the budgets the few-shot field trains for?
 
-    python benchmarks/quality.py [--data ../shared/datasets/pokemon/images] [--image-size 32] [--images 60000]
-                                 [--seeds 0,1] [--configs plain,diffaugment_ema,...] [--device auto]
+    python benchmarks/quality.py [--configs dcgan_diffaugment_ema,fastgan] [--image-size 64]
+                                 [--budgets 50000,100000,200000,300000] [--seeds 0] [--device auto]
+                                 [--data ../shared/datasets/pokemon/images] [--recommend fastgan]
 
 The Pokemon sprites are prepared once (as the prepare stage does: RGB, crop, white background, 10% val and
-10% test). Each configuration trains from scratch with every seed through the train stage's own code
-(dcgan.training.train) for the same number of training images, with params.yaml's values for everything
-a configuration does not set. Each run's generator is then scored as the pipeline would use it
-(`generator: best`, chosen by SWD on the val split during training; and the last one) on the test split
-it never saw: SWD of 1,000 samples, x1e3, lower is better; the real-vs-real floor (training images vs
-test images) is printed beside it. Writes benchmarks/results/quality.json and one grid per configuration
-(seed 0, best generator) under benchmarks/results/quality/. The last line is a JSON summary.
+10% test). Each configuration trains with each seed through the train stage's own code (dcgan.training.train)
+with params.yaml's values for everything the configuration does not set, in a run folder of its own under
+~/.cache/dcgan-bench/runs/ (--runs): to the first budget (images seen), then on to the next from its
+checkpoint, and so on. Resume is bit-identical, so a run stopped between budgets, killed, or continued in
+another session gives the numbers one uninterrupted run gives; a budget already measured is not trained again.
+
+At each budget the generator the pipeline would publish as `last` (the EMA where it is on) is scored on the
+test split it never saw by every metric that scores during training (SWD x1e3 and rkid, KID x1e3 on random
+features; 1,000 samples; lower is better), beside the real-vs-real floors (training images vs test), and its
+grid of 64 fixed-noise samples is written to benchmarks/results/quality/. Everything merges into
+benchmarks/results/quality.json: runs["64px/fastgan/seed0"]["budgets"], floors["64px"], and with --recommend
+the params of that configuration under "recommended" (what a user passes with -S). The last line printed
+is a JSON summary.
 """
 from __future__ import annotations
 
@@ -18,8 +25,6 @@ import argparse
 import json
 import math
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,107 +32,135 @@ ROOT = Path(__file__).resolve().parents[1]
 import numpy as np
 import torch
 
-from dcgan import data, generation, pictures, sampling, training
+from dcgan import data, pictures, sampling, training
 from dcgan import model as models
 from dcgan import params as P
 from dcgan.device import pick_device
-from dcgan.metrics.swd import SWD
+from dcgan.files import atomic_write_text
+from dcgan.quality import QualityProbe
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "pokemon" / "images"
-PLAIN = {"diffaugment": "", "ema_halflife": 0, "loss": "bce", "spectral_norm": False, "r1_gamma": 0.0}
+CACHE = Path.home() / ".cache" / "dcgan-bench"
+OUT = ROOT / "benchmarks" / "results" / "quality.json"
+PLAIN = {"arch": "dcgan", "diffaugment": "", "ema_halflife": 0, "loss": "bce", "spectral_norm": False,
+         "r1_gamma": 0.0}
+DIFFAUGMENT = "color,translation,cutout"
 CONFIGS = {
-    "plain": PLAIN,                                                            # today's DCGAN
-    "ema": {**PLAIN, "ema_halflife": 10_000},
-    "diffaugment": {**PLAIN, "diffaugment": "color,translation,cutout"},
-    "diffaugment_ema": {**PLAIN, "diffaugment": "color,translation,cutout", "ema_halflife": 10_000},
-    "diffaugment_ema_hinge_sn": {**PLAIN, "diffaugment": "color,translation,cutout", "ema_halflife": 10_000,
-                                 "loss": "hinge", "spectral_norm": True},
-    "translation_ema": {**PLAIN, "diffaugment": "translation", "ema_halflife": 10_000},
-    "diffaugment_ema_r1": {**PLAIN, "diffaugment": "color,translation,cutout", "ema_halflife": 10_000,
-                           "r1_gamma": 0.1},
+    "plain": PLAIN,                                                              # the DCGAN paper's recipe
+    "dcgan_diffaugment_ema": {**PLAIN, "diffaugment": DIFFAUGMENT, "ema_halflife": 10_000},
+    "dcgan_diffaugment_ema_hinge_sn": {**PLAIN, "diffaugment": DIFFAUGMENT, "ema_halflife": 10_000,
+                                       "loss": "hinge", "spectral_norm": True},
+    # FastGAN's own recipe: hinge loss, DiffAugment color + translation, lr 2e-4, betas (0.5, 0.999); an EMA
+    "fastgan": {**PLAIN, "arch": "fastgan", "loss": "hinge", "diffaugment": "color,translation",
+                "ema_halflife": 10_000},
 }
 SCORED = 1000
+GRID_SEED = 2024     # the grids' noise: the same 64 latents at every budget of every run
 
 
-def prepared_arrays(src: Path, size: int, channels: int, cache: Path) -> dict[str, np.ndarray]:
-    out = cache / f"{src.parent.name}-{size}px-{channels}ch"
+def prepared_arrays(src: Path, size: int, channels: int) -> dict[str, np.ndarray]:
+    out = CACHE / f"{src.parent.name}-{size}px-{channels}ch"
     if not (out / "test.npy").is_file():
         settings = data.Settings(size, channels, "crop", "white", 89478485)
         data.prepare(src, out, settings, 0.1, 0.1, 0.1, {}, progress=False)
-    return {s: np.load(out / f"{s}.npy") for s in ("train", "val", "test")}
+    return {s: np.load(out / f"{s}.npy", mmap_mode="r") for s in ("train", "val", "test")}
+
+
+def read_results(path: Path) -> dict:
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    if "runs" not in results:     # the fixed-budget layout of before (in git history): start anew
+        results = {}
+    for key in ("recommended", "floors", "runs"):
+        results.setdefault(key, {})
+    return results
+
+
+def write_results(path: Path, results: dict):
+    atomic_write_text(path, json.dumps(results, indent=2) + "\n")   # after every budget: nothing measured is lost
+
+
+def every(n: int):
+    """A training log that prints one epoch line in n (and every other line)."""
+    def log(line: str):
+        if not line.startswith("epoch ") or int(line.split()[1].split("/")[0]) % n == 0:
+            print("   ", line, flush=True)
+    return log
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--channels", type=int, default=3)
-    ap.add_argument("--images", type=int, default=60_000, help="training images seen by every run")
-    ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--configs", default="plain,diffaugment_ema,diffaugment_ema_hinge_sn")
+    ap.add_argument("--budgets", default="50000,100000,200000,300000", help="images seen at each measurement")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--configs", default="dcgan_diffaugment_ema,fastgan", help=", ".join(CONFIGS))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a param for every configuration (e.g. batch_size=64); YAML values")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json")
-    ap.add_argument("--merge", action="store_true",
-                    help="add these configurations to --out (same data and budget) instead of replacing it")
+    ap.add_argument("--runs", type=Path, default=CACHE / "runs", help="where the runs' folders live")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--recommend", choices=list(CONFIGS), help="write this configuration under 'recommended'")
     args = ap.parse_args()
     if not args.data.is_dir():
         sys.exit(f"--data {args.data} not found (the Pokemon sprites live in ../shared/datasets/pokemon/images)")
+    unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
+    if unknown:
+        sys.exit(f"--configs: unknown {', '.join(unknown)} (choose from {', '.join(CONFIGS)})")
+    import yaml
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     device = pick_device(args.device)
-    arrays = prepared_arrays(args.data, args.image_size, args.channels, Path.home() / ".cache" / "dcgan-bench")
+    arrays = prepared_arrays(args.data, args.image_size, args.channels)
     train, val, test = arrays["train"], arrays["val"], arrays["test"]
     base = P.validate(P.read(ROOT / "params.yaml"), P.STAGE_KEYS["train"])
-    base.update(device=str(device), sample_every=10**9, checkpoint_every=10**9, nproc=1, nnodes=1)
-    bs = min(base["batch_size"], len(train))
-    epochs = math.ceil(args.images / ((len(train) // bs) * bs))
-    seen = epochs * (len(train) // bs) * bs
-    swd = SWD(test, seed=0, device=device)
-    floor = swd.distance(train)["mean"]
-    print(f"{len(train)} train / {len(val)} val / {len(test)} test images at {args.image_size}px on {device}; "
-          f"{epochs} epochs of batch {bs} = {seen} images per run; SWD floor (train vs test) {floor:.1f}")
+    base.update(device=str(device), sample_every=10**9, checkpoint_every=10, nproc=1, nnodes=1, eval_every=10**9,
+                image_size=args.image_size, **overrides)
+    size = f"{args.image_size}px"
+    probe = QualityProbe(np.asarray(test), base["nz"], device, seed=0, n=SCORED, fid_weights=None, log=print)
+    results = read_results(args.out)
+    floors = results["floors"][size] = {k: v for k, v in probe.score_images(np.asarray(train)).items()}
+    floors.update(n_train=len(train), n_val=len(val), n_test=len(test))
+    print(f"{len(train)} train / {len(val)} val / {len(test)} test images at {size} on {device}; "
+          f"real-vs-real floors (train vs test): " + ", ".join(f"{k} {v:.2f}" for k, v in floors.items()
+                                                                  if isinstance(v, float)))
     grids = args.out.parent / "quality"
     grids.mkdir(parents=True, exist_ok=True)
-    results = {"device": str(device), "torch": torch.__version__, "image_size": args.image_size,
-               "channels": args.channels, "images_seen": seen, "epochs": epochs, "batch_size": bs,
-               "n_train": len(train), "n_val": len(val), "n_test": len(test), "swd_floor": floor,
-               "scored_images": SCORED, "configs": {}}
-    if args.merge and args.out.is_file():
-        before = json.loads(args.out.read_text())
-        if before.get("images_seen") != seen or before.get("image_size") != args.image_size:
-            sys.exit(f"--merge: {args.out} has another budget or image size")
-        results["configs"] = before["configs"]
+    budgets = sorted(int(b) for b in args.budgets.split(","))
     for name in args.configs.split(","):
-        cfg = CONFIGS[name]
-        row = {"params": cfg, "images_seen": seen, "device": str(device), "image_size": args.image_size,
-               "seeds": [], "swd_best": [], "swd_last": [], "best_epoch": [], "wall_s": []}
         for seed in (int(s) for s in args.seeds.split(",")):
-            p = {**base, **cfg, "seed": seed, "epochs": epochs}
-            with tempfile.TemporaryDirectory() as tmp:
-                t0 = time.perf_counter()
-                summary = training.train(p, train, val, Path(tmp) / "models", Path(tmp) / "live",
-                                         Path(tmp) / "train.json", progress=False, log=lambda *_: None)
-                wall = time.perf_counter() - t0
-                z = generation.noise(SCORED, p["nz"], 1)
-                scores = {}
-                for which in ("best", "last"):
-                    G = models.load(Path(tmp) / "models" / ("generator_best.pt" if which == "best" else "generator.pt"),
-                                    device)
-                    fake = sampling.sample_images(G, z, device)
-                    scores[which] = swd.distance(fake)["mean"]
-                    if which == "best" and seed == 0:
-                        pictures.save_png(pictures.grid(fake[:64], nrow=8), grids / f"{name}.png")
-            row["seeds"].append(seed)
-            row["swd_best"].append(scores["best"])
-            row["swd_last"].append(scores["last"])
-            row["best_epoch"].append(summary.get("best_epoch"))
-            row["wall_s"].append(wall)
-            print(f"{name:28s} seed {seed}: SWD best {scores['best']:.1f} (epoch {summary.get('best_epoch')}), "
-                  f"last {scores['last']:.1f}; {wall:.0f}s", flush=True)
-        row["swd_best_mean"] = float(np.mean(row["swd_best"]))
-        row["swd_last_mean"] = float(np.mean(row["swd_last"]))
-        results["configs"][name] = row
-        args.out.write_text(json.dumps(results, indent=2) + "\n")   # after each configuration: partial results survive
-    print(json.dumps({k: {"swd_best_mean": v["swd_best_mean"], "swd_last_mean": v["swd_last_mean"]}
-                      for k, v in results["configs"].items()} | {"swd_floor": floor, "device": str(device)}))
+            p = {**base, **CONFIGS[name], "seed": seed}
+            P.validate(p, P.STAGE_KEYS["train"])
+            bs = min(p["batch_size"], len(train))
+            per_epoch = (len(train) // bs) * bs
+            key = f"{size}/{name}/seed{seed}"
+            run = results["runs"].setdefault(key, {"params": {**CONFIGS[name], **overrides, "seed": seed},
+                                                   "device": str(device), "budgets": []})
+            folder = args.runs / key.replace("/", "-")
+            for budget in budgets:
+                epochs = math.ceil(budget / per_epoch)
+                if any(b["epochs"] == epochs for b in run["budgets"]):
+                    continue
+                print(f"{key}: training to {epochs * per_epoch} images (epoch {epochs}, batch {bs})", flush=True)
+                summary = training.train({**p, "epochs": epochs}, train, val, folder / "models", folder / "live",
+                                         folder / "train.json", progress=False, log=every(25))
+                G = models.load(folder / "models" / "generator.pt", device)
+                scores = probe.score(G)
+                grid = grids / f"{key.replace('/', '-')}-{round(epochs * per_epoch / 1000)}k.png"
+                noise = torch.randn(64, p["nz"], generator=torch.Generator().manual_seed(GRID_SEED))
+                pictures.save_png(pictures.grid(sampling.sample_images(G, noise, device), nrow=8), grid)
+                row = {"images_seen": epochs * per_epoch, "epochs": epochs, **scores,
+                       "wall_s": summary["wall_s"], "images_per_s": summary["images_per_s"],
+                       "grid": str(grid.relative_to(ROOT))}
+                run["budgets"] = sorted(run["budgets"] + [row], key=lambda b: b["epochs"])
+                write_results(args.out, results)
+                print(f"{key} at {row['images_seen']} images: " + ", ".join(
+                    f"{k} {scores[k]:.2f} (floor {floors[k]:.2f})" for k in scores) +
+                    f"; {summary['wall_s']:.0f}s of training so far; {row['grid']}", flush=True)
+    if args.recommend:
+        results["recommended"] = {k: v for k, v in CONFIGS[args.recommend].items() if v != base.get(k)} | overrides
+        write_results(args.out, results)
+    print(json.dumps({key: run["budgets"][-1] if run["budgets"] else None for key, run in results["runs"].items()}
+                     | {"floors": results["floors"], "recommended": results["recommended"]}))
 
 
 if __name__ == "__main__":

@@ -23,27 +23,36 @@ from .sampling import frozen_batchnorm
 
 GRAPH_WARMUP_STEPS = 3  # eager steps (on a side stream) before the CUDA graph is captured, as CUDA requires
 # What the step measures, summed on the device over an epoch (read once per epoch: no host sync inside it).
-# r1 is averaged over the steps that computed it.
-STATS = ("loss_d", "loss_g", "d_real", "d_fake", "r1")
+# r1 is averaged over the steps that computed it; recon (D's reconstruction error) is there when D reconstructs.
+STATS = ("loss_d", "loss_g", "d_real", "d_fake", "r1", "recon")
 
 
 def train_step(G, D, opt_g, opt_d, x: torch.Tensor, z: torch.Tensor, autocast_ctx, loss: losses.Loss | None = None,
                augment=None):
     """One GAN step: D on real x and detached G(z), then G through D. `loss`: a losses.Loss (default: the
     `loss` param's default); `augment`: a DiffAugment (or None) applied to every image D sees, in both steps.
-    Returns (loss_d, loss_g, D's logits on x, D's logits on G(z) before D's update)."""
+    A discriminator that `reconstructs` (a self-supervised one, archs/fastgan.py) also rebuilds the real images
+    from its features, and that error is part of D's loss. Returns (loss_d, loss_g, D's logits on x, D's
+    logits on G(z) before D's update, the reconstruction error or None)."""
     loss = loss or losses.build(params.SCHEMA["loss"].default)
     aug = augment if augment else (lambda t: t)
+    # G's step goes around D's DDP wrapper (below); the attribute lookup too
+    D_g = D.module if isinstance(D, torch.nn.parallel.DistributedDataParallel) else D
     with autocast_ctx:
         fake = G(z)
-        out_real, out_fake = D(aug(x)), D(aug(fake.detach()))
+        if getattr(D_g, "reconstructs", False):
+            out_real, loss_recon = D(aug(x), reconstruct=True)
+        else:
+            out_real, loss_recon = D(aug(x)), None
+        out_fake = D(aug(fake.detach()))
         loss_d = loss.d(out_real.float(), out_fake.float())
+        if loss_recon is not None:
+            loss_d = loss_d + loss_recon
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
     # G's step needs gradients through D, not of D's weights (a third less backward), and under DDP it goes
     # around D's wrapper: D's gradients are not wanted, so there is nothing to all-reduce for it
-    D_g = D.module if isinstance(D, torch.nn.parallel.DistributedDataParallel) else D
     D.requires_grad_(False)
     try:
         with autocast_ctx:
@@ -53,7 +62,7 @@ def train_step(G, D, opt_g, opt_d, x: torch.Tensor, z: torch.Tensor, autocast_ct
     finally:
         D.requires_grad_(True)
     opt_g.step()
-    return loss_d, loss_g, out_real, out_fake
+    return loss_d, loss_g, out_real, out_fake, loss_recon
 
 
 class ResidentData:
@@ -87,6 +96,8 @@ class Stepper:
         self.autocast = autocast(device, fast.precision, cache=not fast.cuda_graph)
         self.sums = torch.zeros(len(STATS), device=device)
         self.G_step, self.D_step = G, D
+        self.reconstructs = getattr(D.module if isinstance(D, torch.nn.parallel.DistributedDataParallel) else D,
+                                    "reconstructs", False)
         # R1 updates D outside the captured step; that mix is not verified on a GPU yet: no graph with R1
         self.use_graph = fast.cuda_graph and device.type == "cuda" and r1_gamma == 0
         self.graph = self.static_idx = None
@@ -168,12 +179,14 @@ class Stepper:
     def _eager(self, data: ResidentData, idx: torch.Tensor):
         x = data.batch(idx)
         z = torch.randn(len(idx), self.nz, device=self.device)
-        loss_d, loss_g, out_real, out_fake = train_step(self.G_step, self.D_step, self.opt_g, self.opt_d, x, z,
-                                                        self.autocast, self.loss, self.augment)
+        loss_d, loss_g, out_real, out_fake, loss_recon = train_step(self.G_step, self.D_step, self.opt_g, self.opt_d,
+                                                                    x, z, self.autocast, self.loss, self.augment)
         with torch.no_grad():
             # STATS[:4]: loss_d, loss_g, d_real, d_fake
             self.sums[:4] += torch.stack([loss_d.float(), loss_g.float(), torch.sigmoid(out_real.float()).mean(),
                                           torch.sigmoid(out_fake.float()).mean()])
+            if loss_recon is not None:
+                self.sums[STATS.index("recon")] += loss_recon.detach().float()
 
     def _capture(self, data: ResidentData, idx: torch.Tensor) -> bool:
         """Record one whole step into a CUDA graph (nothing runs while recording). False, with one log line,
@@ -209,4 +222,6 @@ class Stepper:
         self.sums.zero_()
         if self.r1_gamma <= 0:
             del stats["r1"]
+        if not self.reconstructs:
+            del stats["recon"]
         return stats

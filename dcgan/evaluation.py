@@ -5,6 +5,8 @@ split, each score with a reference computed the same way, so a number can be jud
 - swd_*: sliced Wasserstein distance of generated vs test images; swd_floor_*: the same for a
   random subset of real training images of the same size, what a perfect model would reach.
 - fid/kid (null when the Inception weights file is absent), fid_floor/kid_floor for real vs real.
+- rkid: KID on the features of a fixed, seeded, randomly initialised network (no weights file: every
+  machine computes it), rkid_floor for real vs real; it sees layout and shape, where SWD sees patches.
 - d_*: the discriminator as a real-vs-fake classifier on the test images and as many generated ones
   (0.5 accuracy = it cannot tell them apart).
 - memorisation_*: distance from generated images to their nearest training image, next to the

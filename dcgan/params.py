@@ -56,14 +56,6 @@ def allowed(description: str):
     return label
 
 
-def power_of_two(lo: int, hi: int):
-    @allowed(f"a power of two from {lo} to {hi}")
-    def check(v):
-        if not (lo <= v <= hi and v & (v - 1) == 0):
-            return f"must be a power of two from {lo} to {hi}"
-    return check
-
-
 def between(lo, hi, lo_open=False, hi_open=False):
     interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
 
@@ -148,8 +140,8 @@ _SECTIONS: list[tuple[str, list[tuple]]] = [
     ("prepare: images -> data/prepared/{train,val,test}.npy", [
         ("source", str, "data/demo", "folder (searched recursively) or .zip of images to train on; "
          "data/demo = the built-in digits", ("prepare",), True, nonempty),
-        ("image_size", int, 32, "side of the square training images (a power of two, 32-256)", ("prepare",), True,
-         power_of_two(32, 256)),
+        ("image_size", int, 32, "side of the square training images in pixels, 16-512; any size, e.g. 120 "
+         "for 120x120 sprites", ("prepare",), True, between(16, 512)),
         ("channels", int, 1, "1 (grayscale) or 3 (RGB)", ("prepare",), True, one_of(1, 3)),
         ("resize", str, "crop", "crop: center-crop then resize; pad: fit inside and pad with background",
          ("prepare",), True, one_of("crop", "pad")),
@@ -221,6 +213,8 @@ _SECTIONS: list[tuple[str, list[tuple]]] = [
          ("train",), True, between(0, 1)),
         ("eval_every", int, 5, "score the generator (SWD, FID/KID) every N epochs against the val split and keep "
          "the best; 0 = off", ("train",), False, between(0, MAX_COUNT)),
+        ("best_by", str, "swd", "the in-training score (lower is better) that picks models/generator_best.pt: "
+         "swd or rkid", ("train",), False, one_of("swd", "rkid")),
     ]),
     ("encoder: image -> latent in one forward pass, trained on the generator's own samples", [
         ("encoder_steps", int, 1000, "training steps of the encoder", ("encoder",), True,
@@ -238,7 +232,7 @@ _SECTIONS: list[tuple[str, list[tuple]]] = [
          "guess (0 = the encoder alone)", ("generate", "evaluate"), False, between(0, 100_000)),
         ("generator", str, "best", "the generator to publish as models/published/generator.pt (the registry's "
          "`generator` artifact, which encoder, export, generate, evaluate and the server use): best "
-         "(models/generator_best.pt, lowest SWD in training) or last (models/generator.pt)",
+         "(models/generator_best.pt, the best `best_by` score in training) or last (models/generator.pt)",
          ("publish",), False, one_of("best", "last")),
     ]),
     ("evaluate", [

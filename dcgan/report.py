@@ -30,6 +30,14 @@ CHARTS = [
 CHART_NOTES = {
     "Discriminator output": "d_val falling away below d_train (the same measurement on training images) means D memorises the training set (overfitting).",
 }
+# the in-training scores (dcgan.quality), each charted on its own: their scales differ
+SERIES_NOTES = {
+    "swd": "SWD x10³ of fixed-noise samples vs the val split (7x7 patches: texture); lower is better.",
+    "rkid": "KID x10³ on random-network features of fixed-noise samples vs the val split (shape and "
+            "composition); lower is better.",
+    "fid": "FID of fixed-noise samples vs the val split; lower is better.",
+    "kid": "KID of fixed-noise samples vs the val split; lower is better.",
+}
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -264,6 +272,8 @@ def _cards(train: dict | None, ev: dict | None) -> str:
     if ev:
         if "swd" in ev:
             card(fmt(ev["swd"]), "SWD x10³ (lower is better)", f"real-vs-real floor {fmt(ev.get('swd_floor'))}")
+        if "rkid" in ev:
+            card(fmt(ev["rkid"]), "rkid x10³ (lower is better)", f"real-vs-real floor {fmt(ev.get('rkid_floor'))}")
         card(fmt(ev.get("fid")), "FID (lower is better)",
              f"floor {fmt(ev.get('fid_floor'))}" if ev.get("fid") is not None else "Inception weights absent")
         if "d_accuracy" in ev:
@@ -295,7 +305,9 @@ def render(metrics_dir: Path = Path("metrics"), title: str = "DCGAN run report",
             charts.append(f'<div class="panel"><h3>{html.escape(name)}</h3>{svg_chart(series, ylabel)}{note}</div>')
         shown = {k for _, keys, _ in CHARTS for k in keys}
         for k in sorted(set(tsvs) - shown - {"epoch_s"}):
-            charts.append(f'<div class="panel"><h3>{html.escape(k)}</h3>{svg_chart({k: read_series(tsvs[k])}, k)}</div>')
+            note = f'<p class="note">{html.escape(SERIES_NOTES[k])}</p>' if k in SERIES_NOTES else ""
+            charts.append(f'<div class="panel"><h3>{html.escape(k)}</h3>{svg_chart({k: read_series(tsvs[k])}, k)}'
+                          f'{note}</div>')
         parts.append(f'<div class="charts">{"".join(charts)}</div>')
     else:
         parts.append(_missing(f"training curves ({live / 'metrics'}/*.tsv)", "dvc repro train"))

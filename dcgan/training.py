@@ -29,7 +29,7 @@ from .engine import ResidentData, Stepper
 from .errors import UserError
 from .files import atomic_write_text
 from .model import save as save_model
-from .quality import SELECT_BY, Best, QualityProbe
+from .quality import Best, QualityProbe
 
 GRID_SIZE = 64  # fixed-noise samples per logged grid
 
@@ -53,7 +53,7 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
         ckpt, why = None, f"checkpoint {ckpt_path} does not fit the models ({p['arch']}): starting fresh"
         G, D, fixed_noise = build(p, size, channels)
     log(why)
-    best = Best(ckpt.get("best") if ckpt is not None else None)
+    best = Best(ckpt.get("best") if ckpt is not None else None, p["best_by"], log)
     if ckpt is not None and ckpt["epoch"] == p["epochs"]:
         log(f"already trained for {ckpt['epoch']} epochs: writing the models and {summary_path} from the checkpoint")
         ema = None
@@ -131,18 +131,17 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
             G_pub = published(G, ema)   # what the grids, the quality score and models/generator*.pt show
         if scored:
             stats.update(quality.score(G_pub))
-            if best.offer(epoch, stats[SELECT_BY], G_pub):
-                log(f"best {SELECT_BY} so far: {best.score:.3f} at epoch {epoch}")
+            if best.offer(epoch, stats[best.key], G_pub):
+                log(f"best {best.key} so far: {best.score:.3f} at epoch {epoch}")
         images_done += steps * bs
         if world.main:
             log_epoch(run, epoch, stats, G_pub if epoch in grids else None, fixed_noise, device)
         log(f"epoch {epoch}/{p['epochs']}  " + "  ".join(
             f"{k} {v:.1f}" if k in ("images_per_s", "epoch_s") else f"{k} {v:.4f}" for k, v in stats.items()))
         run_s = time.perf_counter() - run_t0
-        summary = {**summary, "epochs_done": epoch, **{k: v for k, v in stats.items() if k != "epoch_s"},
-                   "images_per_s": images_done / run_s, "wall_s": wall_before + run_s}
-        if best.weights is not None:
-            summary.update({f"best_{SELECT_BY}": best.score, "best_epoch": best.epoch})
+        summary = {**{k: v for k, v in summary.items() if not k.startswith("best_")}, "epochs_done": epoch,
+                   **{k: v for k, v in stats.items() if k != "epoch_s"},
+                   "images_per_s": images_done / run_s, "wall_s": wall_before + run_s, **best.summary()}
         if epoch % p["checkpoint_every"] == 0 or epoch == p["epochs"]:
             for m in (G, D):                            # collectives: every rank takes part
                 distributed.average_buffers(m, world)

@@ -365,6 +365,19 @@ def test_outputs_and_manifest(tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left behind
 
 
+@pytest.mark.parametrize("size, channels, resize", [(120, 3, "crop"), (17, 1, "pad"), (512, 1, "crop")])
+def test_any_image_size_gives_arrays_of_that_size(tmp_path, size, channels, resize):
+    src = tmp_path / "src"
+    folder = src / "sprites"
+    folder.mkdir(parents=True)
+    for i, wh in enumerate([(150, 150), (200, 90), (13, 40)]):   # larger, wider, smaller than the size
+        noise_image(i, wh).save(folder / f"s{i}.png")
+    settings = data.Settings(size, channels, resize, "white", MAX_PIXELS)
+    m = run(src, tmp_path / "out", val=0.0, test=0.0, settings=settings)
+    assert m["shape"] == [channels, size, size]
+    assert data.load_split(tmp_path / "out", "train").shape == (3, channels, size, size)
+
+
 def test_empty_split_still_written_with_the_right_shape(tmp_path):
     src = tmp_path / "src"
     make_good(src, 3)

@@ -20,7 +20,7 @@ def test_read_stats_names_each_statistic(monkeypatch):
 
     def fake_step(*args):
         ld, lg, real, fake = next(calls)
-        return torch.tensor(ld), torch.tensor(lg), torch.full((4,), real), torch.full((4,), fake)
+        return torch.tensor(ld), torch.tensor(lg), torch.full((4,), real), torch.full((4,), fake), None
 
     monkeypatch.setattr(engine, "train_step", fake_step)
     s = stepper()
@@ -28,7 +28,7 @@ def test_read_stats_names_each_statistic(monkeypatch):
     for _ in range(2):
         s.step(data, torch.arange(4))
     stats = s.read_stats(2)
-    assert list(stats) == [k for k in engine.STATS if k != "r1"]        # r1 only when R1 is on
+    assert list(stats) == [k for k in engine.STATS if k not in ("r1", "recon")]   # r1 with R1, recon with a D that reconstructs
     assert stats == pytest.approx({"loss_d": 2.0, "loss_g": 3.0, "d_real": 0.5, "d_fake": 0.5})
     assert s.read_stats(2) == pytest.approx({"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0})  # zeroed
 

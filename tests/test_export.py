@@ -1,6 +1,7 @@
 """Exported models: TorchScript and ONNX give the eager model's outputs; the loader tells what a file is."""
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -24,13 +25,16 @@ def trained_like(m):
 
 @pytest.mark.parametrize("cls,kwargs", [(Generator, {"nz": 16, "ngf": 8}), (Encoder, {"nz": 16, "nef": 8})])
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-def test_exported_model_matches_eager(tmp_path, cls, kwargs, fmt):
-    m = trained_like(cls(32, 3, **kwargs))
+@pytest.mark.parametrize("size", [32, 120, 17])    # 120 and 17 are cropped by G and padded by the encoder
+def test_exported_model_matches_eager(tmp_path, cls, kwargs, fmt, size):
+    m = trained_like(cls(size, 3, **kwargs))
     path = tmp_path / f"m{export.FORMATS[fmt]}"
-    (export.export_torchscript if fmt == "torchscript" else export.export_onnx)(m, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # nothing for the export stage's log to show
+        (export.export_torchscript if fmt == "torchscript" else export.export_onnx)(m, path)
     run, kind, cfg = export.load_runnable(path)
     assert kind == ("generator" if cls is Generator else "encoder")
-    assert (cfg["nz"], cfg["channels"], cfg["image_size"]) == (16, 3, 32)
+    assert (cfg["nz"], cfg["channels"], cfg["image_size"]) == (16, 3, size)
     x = export.example_input(m, 7)          # another batch size than the export's example: dynamic batch
     with torch.no_grad():
         want, got = m(x), run(x)

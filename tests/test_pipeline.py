@@ -101,10 +101,10 @@ def assert_exports_hold_the_published_weights(repo):
 
 
 def test_invalid_param_stops_dvc_repro_with_the_key_named(repo):
-    set_params(repo, image_size=100)
+    set_params(repo, image_size=513)
     r = sh("dvc repro prepare", repo, check=False)
     assert r.returncode != 0
-    assert "image_size" in r.stderr + r.stdout and "power of two from 32 to 256" in r.stderr + r.stdout
+    assert "image_size" in r.stderr + r.stdout and "must be in [16, 512]" in r.stderr + r.stdout
 
 
 def train_metrics_of_experiments(repo) -> dict:

@@ -328,8 +328,8 @@ def test_diverged_run_is_a_user_error_and_keeps_the_last_good_checkpoint(tmp_pat
     step = engine.train_step
 
     def diverging_step(*args):  # what an exploding run looks like to the loop: non-finite losses
-        loss_d, loss_g, out_real, out_fake = step(*args)
-        return loss_d * float("nan"), loss_g, out_real, out_fake
+        loss_d, *rest = step(*args)
+        return loss_d * float("nan"), *rest
 
     monkeypatch.setattr(engine, "train_step", diverging_step)
     with pytest.raises(UserError, match=r"diverged at epoch 2 \(loss_d=nan\).*lr_g/lr_d"):

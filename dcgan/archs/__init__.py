@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch.nn.functional as F
 from torch import nn
 
 from ..registry import Registry, import_modules
@@ -44,6 +45,41 @@ class Architecture:
 
 
 REGISTRY: Registry[Architecture] = Registry("architecture")
+
+MIN_SIZE, MAX_SIZE = 16, 512   # image sizes every architecture builds
+
+
+def check_size(image_size: int, channels: int):
+    """A one-line ValueError naming the value unless every architecture builds networks for these images."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or not MIN_SIZE <= image_size <= MAX_SIZE:
+        raise ValueError(f"image_size must be an integer from {MIN_SIZE} to {MAX_SIZE}, got {image_size!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+
+
+def ladder(image_size: int) -> tuple[int, int]:
+    """(start, doublings): the generators start from start x start (4 to 8) and double `doublings` times to
+    start * 2**doublings >= image_size, then crop the centre; the discriminators pad their input to that size
+    and halve as often. A power of two starts at 4 and crops nothing (the DCGAN paper's layout), 48 and 96
+    start at 6, 120 starts at 8 and crops 128 to 120."""
+    if not MIN_SIZE <= image_size <= MAX_SIZE:
+        raise ValueError(f"image_size must be from {MIN_SIZE} to {MAX_SIZE}, got {image_size}")
+    doublings = (image_size // 4).bit_length() - 1          # the most that keep start >= 4
+    return -(-image_size // 2 ** doublings), doublings
+
+
+def centre_crop(x, size: int, ladder_size: int):
+    """The central size x size pixels of images ladder_size px wide (sides passed as ints, not read from x,
+    so torch.jit.trace and ONNX see plain slicing)."""
+    off = (ladder_size - size) // 2
+    return x if ladder_size == size else x[..., off:off + size, off:off + size]
+
+
+def centre_pad(x, size: int, ladder_size: int):
+    """size x size images padded with zeros (mid-grey in [-1, 1]) to ladder_size around the centre, as
+    centre_crop cut them."""
+    extra = ladder_size - size
+    return x if extra == 0 else F.pad(x, (extra // 2, extra - extra // 2, extra // 2, extra - extra // 2))
 
 
 def identify(model: nn.Module) -> tuple[str, str]:

@@ -1,13 +1,13 @@
 """Sliced Wasserstein distance (SWD) on Laplacian-pyramid patches, after Karras et al. 2018
 ("Progressive growing of GANs", their `metrics/sliced_wasserstein.py`): a Laplacian pyramid down to
-16 px, 128 random 7x7 neighbourhoods per image and level, descriptors normalised per channel, 4 x 128
-random unit directions, and the mean 1-D Wasserstein-1 distance between the projected sets. Reported per
-level (x 1e3, as in the paper) and averaged. One deliberate change: both sets are normalised with the
-mean/std of the *real* set (the original normalises each set by its own statistics, which hides a global
-brightness or contrast shift of the generated images).
+16 px (of any image size: an odd side halves rounding up), 128 random 7x7 neighbourhoods per image and
+level, descriptors normalised per channel, 4 x 128 random unit directions, and the mean 1-D Wasserstein-1
+distance between the projected sets. Reported per level (x 1e3, as in the paper) and averaged. One
+deliberate change: both sets are normalised with the mean/std of the *real* set (the original normalises
+each set by its own statistics, which hides a global brightness or contrast shift of the generated images).
 
 In the evaluate stage: generated vs test, and the real-vs-real floor (training subset vs test). In
-training: generated vs val, the score the best generator is chosen by (dcgan.quality.SELECT_BY).
+training: generated vs val, the default score the best generator is chosen by (the `best_by` param).
 """
 from __future__ import annotations
 
@@ -32,22 +32,27 @@ def _blur(x: torch.Tensor) -> torch.Tensor:
 
 
 def pyr_down(x: torch.Tensor) -> torch.Tensor:
+    """Blur and keep the even rows and columns: an odd side of n pixels becomes (n + 1) / 2."""
     return _blur(x)[:, :, ::2, ::2]
 
 
-def pyr_up(x: torch.Tensor) -> torch.Tensor:
-    n, c, h, w = x.shape
-    up = x.new_zeros(n, c, 2 * h, 2 * w)
+def pyr_up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Back to the size (h, w) of the finer level that pyr_down made x from: x's pixels on its even rows and
+    columns, zeros between, blurred. For an odd side the last sample lands on the last row, so the mirror
+    border is the same at both ends, as in pyr_down."""
+    n, c, _, _ = x.shape
+    up = x.new_zeros(n, c, *size)
     up[:, :, ::2, ::2] = x
     return _blur(up) * 4.0
 
 
 def swd_resolutions(size: int, min_res: int = 16) -> list[int]:
-    """Resolutions of the pyramid levels: size, size/2, ... down to min_res (at least one level)."""
+    """Resolutions of the pyramid levels: size, then halved (rounding up, as pyr_down does) while at least
+    min_res >= 2 (at least one level). Powers of two: size, size/2, ... min_res."""
     res, out = size, []
     while res >= min_res or not out:
         out.append(res)
-        res //= 2
+        res = -(-res // 2)
     return out
 
 
@@ -56,7 +61,7 @@ def laplacian_pyramid(x: torch.Tensor, num_levels: int) -> list[torch.Tensor]:
     pyramid = [x.float()]
     for _ in range(1, num_levels):
         pyramid.append(pyr_down(pyramid[-1]))
-        pyramid[-2] = pyramid[-2] - pyr_up(pyramid[-1])
+        pyramid[-2] = pyramid[-2] - pyr_up(pyramid[-1], pyramid[-2].shape[-2:])
     return pyramid
 
 

@@ -2,18 +2,88 @@
 import pytest
 import torch
 
-from dcgan.archs.dcgan import Discriminator, Generator, init_weights
+from dcgan.archs import ladder
+from dcgan.archs.dcgan import Discriminator, Encoder, Generator, check_size, init_weights
 
 
-@pytest.mark.parametrize("size", [32, 64, 128, 256])
+@pytest.mark.parametrize("size", [16, 17, 32, 48, 64, 100, 120, 128, 256, 512])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_shapes_for_every_size_and_channel_count(size, channels):
     G, D = Generator(size, channels, nz=8, ngf=4), Discriminator(size, channels, ndf=4)
+    E = Encoder(size, channels, nz=8, nef=4)
     z = torch.randn(3, 8)
     x = G(z)
     assert x.shape == (3, channels, size, size)
     assert x.min() >= -1 and x.max() <= 1  # tanh range
     assert D(x).shape == (3,)  # one logit per image
+    assert E(x).shape == (3, 8)
+
+
+@pytest.mark.parametrize("size", [17, 48, 100, 120])
+def test_other_sizes_start_larger_and_crop_or_pad_the_ladders_top(size):
+    start, doublings = ladder(size)
+    G, D, E = Generator(size, 1, 8, 4).eval(), Discriminator(size, 1, 4).eval(), Encoder(size, 1, 8, 4).eval()
+    assert start > 4
+    assert G.net[0].kernel_size == D.net[-1].kernel_size == E.net[-1].kernel_size == (start, start)
+    z = torch.randn(2, 8)
+    with torch.no_grad():
+        full = G.net(z[:, :, None, None])           # start * 2**doublings px: 20, 48, 112, 128
+        off = (full.shape[-1] - size) // 2
+        x = G(z)
+        assert full.shape[-1] == start * 2 ** doublings >= size
+        assert torch.equal(x, full[:, :, off:off + size, off:off + size])
+        padded = torch.zeros_like(full)             # zeros around: mid-grey
+        padded[:, :, off:off + size, off:off + size] = x
+        assert torch.equal(D(x), D.net(padded).flatten()) and torch.equal(E(x), E.net(padded).flatten(1))
+
+
+# A 64 px model as the DCGAN paper (and every model file saved before other sizes existed) has it: conv
+# weights and BatchNorm buffers under these names and shapes, so such files load and give the same images.
+def _bn(index: int, c: int) -> dict:
+    return {f"net.{index}.{k}": s for k, s in (("weight", (c,)), ("bias", (c,)), ("running_mean", (c,)),
+                                                ("running_var", (c,)), ("num_batches_tracked", ()))}
+
+
+PAPER_64PX = {
+    "generator": {"net.0.weight": (100, 512, 4, 4), **_bn(1, 512), "net.3.weight": (512, 256, 4, 4), **_bn(4, 256),
+                  "net.6.weight": (256, 128, 4, 4), **_bn(7, 128), "net.9.weight": (128, 64, 4, 4), **_bn(10, 64),
+                  "net.12.weight": (64, 3, 4, 4)},
+    "discriminator": {"net.0.weight": (64, 3, 4, 4), "net.2.weight": (128, 64, 4, 4), **_bn(3, 128),
+                      "net.5.weight": (256, 128, 4, 4), **_bn(6, 256), "net.8.weight": (512, 256, 4, 4),
+                      **_bn(9, 512), "net.11.weight": (1, 512, 4, 4)},
+    "encoder": {"net.0.weight": (64, 3, 4, 4), "net.2.weight": (128, 64, 4, 4), **_bn(3, 128),
+                "net.5.weight": (256, 128, 4, 4), **_bn(6, 256), "net.8.weight": (512, 256, 4, 4), **_bn(9, 512),
+                "net.11.weight": (100, 512, 4, 4), "net.11.bias": (100,)},
+}
+
+
+def test_powers_of_two_keep_the_papers_layers_and_state_dict():
+    nets = {"generator": Generator(64, 3, 100, 64), "discriminator": Discriminator(64, 3, 64),
+            "encoder": Encoder(64, 3, 100, 64)}
+    for kind, net in nets.items():
+        got = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+        assert got == PAPER_64PX[kind], kind
+        assert list(got) == list(PAPER_64PX[kind]), kind        # the same order too
+    # and nothing runs around the layers: no crop after G, no pad before D and the encoder
+    G, D, E = (net.eval() for net in nets.values())
+    z = torch.randn(2, 100)
+    with torch.no_grad():
+        x = G(z)
+        assert torch.equal(x, G.net(z[:, :, None, None]))
+        assert torch.equal(D(x), D.net(x).flatten()) and torch.equal(E(x), E.net(x).flatten(1))
+
+
+@pytest.mark.parametrize("size, channels, words", [
+    (15, 3, "image_size must be an integer from 16 to 512, got 15"),
+    (513, 3, "got 513"), (64.0, 3, "got 64.0"), ("abc", 3, "got 'abc'"), (True, 3, "got True"),
+    (64, 2, "channels must be 1 or 3, got 2"),
+])
+def test_sizes_and_channels_outside_the_range_are_refused_in_one_line(size, channels, words):
+    with pytest.raises(ValueError, match=words.replace("(", "\\(")) as e:
+        check_size(size, channels)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="must be"):
+        Generator(size, channels, 8, 4)
 
 
 def test_generator_accepts_4d_latents():
