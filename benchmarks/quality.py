@@ -12,9 +12,11 @@ checkpoint, and so on. Resume is bit-identical, so a run stopped between budgets
 another session gives the numbers one uninterrupted run gives; a budget already measured is not trained again.
 
 At each budget the generator the pipeline would publish as `last` (the EMA where it is on) is scored on the
-test split it never saw by every metric that scores during training (SWD x1e3 and rkid, KID x1e3 on random
-features; 1,000 samples; lower is better), beside the real-vs-real floors (training images vs test), and its
-grid of 64 fixed-noise samples is written to benchmarks/results/quality/. Everything merges into
+test split it never saw by every metric that scores during training (SWD x1e3; rkid, KID x1e3 on random
+features; c2st, how often a classifier on those features tells generated from real, 0.5 = never; 1,000
+samples; lower is better), beside the real-vs-real floors (training images vs test); its grid of 64
+fixed-noise samples is written to benchmarks/results/quality/ and the generator kept in the run's
+snapshots/ folder, so that --rescore can score every budget again when the metrics change. Everything merges into
 benchmarks/results/quality.json: runs["64px/fastgan/seed0"]["budgets"], floors["64px"], and with --recommend
 the params of that configuration under "recommended" (what a user passes with -S). The last line printed
 is a JSON summary.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -102,6 +105,8 @@ def main():
     ap.add_argument("--runs", type=Path, default=CACHE / "runs", help="where the runs' folders live")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--recommend", choices=list(CONFIGS), help="write this configuration under 'recommended'")
+    ap.add_argument("--rescore", action="store_true",
+                    help="score every budget's saved generator again with today's metrics (before training on)")
     args = ap.parse_args()
     if not args.data.is_dir():
         sys.exit(f"--data {args.data} not found (the Pokemon sprites live in ../shared/datasets/pokemon/images)")
@@ -137,6 +142,13 @@ def main():
             run = results["runs"].setdefault(key, {"params": {**CONFIGS[name], **overrides, "seed": seed},
                                                    "device": str(device), "budgets": []})
             folder = args.runs / key.replace("/", "-")
+            if args.rescore:      # the metrics changed, not the training: score the snapshots again
+                for row in run["budgets"]:
+                    if Path(row.get("snapshot", "")).is_file():
+                        row.update(probe.score(models.load(row["snapshot"], device)))
+                        print(f"{key} at {row['images_seen']} images, scored again: " + ", ".join(
+                            f"{k} {row[k]:.3f}" for k in floors if k in row), flush=True)
+                write_results(args.out, results)
             for budget in budgets:
                 epochs = math.ceil(budget / per_epoch)
                 if any(b["epochs"] == epochs for b in run["budgets"]):
@@ -144,14 +156,17 @@ def main():
                 print(f"{key}: training to {epochs * per_epoch} images (epoch {epochs}, batch {bs})", flush=True)
                 summary = training.train({**p, "epochs": epochs}, train, val, folder / "models", folder / "live",
                                          folder / "train.json", progress=False, log=every(25))
-                G = models.load(folder / "models" / "generator.pt", device)
+                snapshot = folder / "snapshots" / f"generator-{epochs * per_epoch}.pt"
+                snapshot.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(folder / "models" / "generator.pt", snapshot)   # to score again (--rescore)
+                G = models.load(snapshot, device)
                 scores = probe.score(G)
                 grid = grids / f"{key.replace('/', '-')}-{round(epochs * per_epoch / 1000)}k.png"
                 noise = torch.randn(64, p["nz"], generator=torch.Generator().manual_seed(GRID_SEED))
                 pictures.save_png(pictures.grid(sampling.sample_images(G, noise, device), nrow=8), grid)
                 row = {"images_seen": epochs * per_epoch, "epochs": epochs, **scores,
                        "wall_s": summary["wall_s"], "images_per_s": summary["images_per_s"],
-                       "grid": str(grid.relative_to(ROOT))}
+                       "grid": str(grid.relative_to(ROOT)), "snapshot": str(snapshot)}
                 run["budgets"] = sorted(run["budgets"] + [row], key=lambda b: b["epochs"])
                 write_results(args.out, results)
                 print(f"{key} at {row['images_seen']} images: " + ", ".join(

@@ -47,6 +47,7 @@ from dcgan.distributed import World
 from dcgan.engine import ResidentData, Stepper, train_step
 from dcgan.training import plan_layers
 from dcgan.images import EXTENSION_FORMATS
+from dcgan import archs
 from dcgan.archs.dcgan import Discriminator, Generator, init_weights
 
 POKEMON = ROOT.parent / "shared" / "datasets" / "pokemon"
@@ -118,15 +119,18 @@ def reference(files, size, channels, bs, steps, warmup, device, workers) -> floa
 
 # ---------------------------------------------------------------- ours
 
-def ours(images: np.ndarray, bs, steps, warmup, device, params: dict, log=lambda s: None, world: World = World()):
+def ours(images: np.ndarray, bs, steps, warmup, device, params: dict, log=lambda s: None, world: World = World(),
+         arch: str = "dcgan", width: int = 64):
     """(images/s, FLOPs per step, fast path, stepper) for the stage's own step with the params' fast path (and
-    on the CPU its layer plan). Under a World of several processes each takes its share of every batch."""
+    on the CPU its layer plan), networks of `arch` with ngf = ndf = width. Under a World of several processes
+    each takes its share of every batch."""
     size, channels = images.shape[2], images.shape[1]
     fast = resolve(params, device, distributed=world.distributed)
     fmt = memory_format(device, fast.channels_last)
     torch.manual_seed(0)
-    G = Generator(size, channels, NZ, 64).apply(init_weights).to(device, memory_format=fmt)
-    D = Discriminator(size, channels, 64).apply(init_weights).to(device, memory_format=fmt)
+    parts = archs.REGISTRY.get(arch)
+    G = parts.generator(size, channels, NZ, width).apply(parts.init_weights).to(device, memory_format=fmt)
+    D = parts.discriminator(size, channels, width).apply(parts.init_weights).to(device, memory_format=fmt)
     local = bs // world.size
     plan_layers(params, fast, device, {"G": G, "D": D}, local, None, world, log)
     opt_g = adam(G.parameters(), 2e-4, (0.5, 0.999), device, capturable=fast.cuda_graph)
@@ -275,6 +279,9 @@ def main():
     ap.add_argument("--layers", action="store_true", help="CPU: each conv's GFLOP/s per setting, before and after the plan")
     ap.add_argument("--procs", action="store_true", help="CPU: also 2 processes x 1 thread (DDP, gloo)")
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--arch", default="dcgan", help="our step's architecture (the reference is always DCGAN, "
+                    "so other architectures are timed without it)")
+    ap.add_argument("--width", type=int, default=64, help="ngf = ndf of our networks")
     ap.add_argument("--data", type=Path, default=POKEMON / "images", help="folder of images")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dcgan-bench-throughput")
     args = ap.parse_args()
@@ -308,10 +315,12 @@ def main():
         files = files * max(1, -(-(bs * 4) // len(files)))
         if args.layers and not gpu:
             layers_table(size, channels, bs, params)
-        img_s, flops, fast, stepper = ours(images, bs, steps, args.warmup, device, params, log=print)
-        ref = None if args.no_reference else reference(files, size, channels, bs, min(steps, 60), args.warmup,
+        img_s, flops, fast, stepper = ours(images, bs, steps, args.warmup, device, params, log=print,
+                                           arch=args.arch, width=args.width)
+        ref = None if args.no_reference or (args.arch, args.width) != ("dcgan", 64) else reference(files, size, channels, bs, min(steps, 60), args.warmup,
                                                          device, workers)
-        r = {"device": name, "image_size": size, "channels": channels, "batch_size": bs,
+        r = {"device": name, "arch": args.arch, "width": args.width, "image_size": size, "channels": channels,
+             "batch_size": bs,
              "ours_img_s": round(img_s, 1), "reference_img_s": round(ref, 1) if ref else None,
              "ratio": round(img_s / ref, 2) if ref else None,
              "precision": fast.precision, "channels_last": fast.channels_last,

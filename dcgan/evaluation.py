@@ -7,6 +7,8 @@ split, each score with a reference computed the same way, so a number can be jud
 - fid/kid (null when the Inception weights file is absent), fid_floor/kid_floor for real vs real.
 - rkid: KID on the features of a fixed, seeded, randomly initialised network (no weights file: every
   machine computes it), rkid_floor for real vs real; it sees layout and shape, where SWD sees patches.
+- c2st: how often a classifier on those random features tells generated from test images (0.5 = it
+  cannot, 1 = always), c2st_floor for real vs real.
 - d_*: the discriminator as a real-vs-fake classifier on the test images and as many generated ones
   (0.5 accuracy = it cannot tell them apart).
 - memorisation_*: distance from generated images to their nearest training image, next to the

@@ -214,7 +214,8 @@ _SECTIONS: list[tuple[str, list[tuple]]] = [
         ("eval_every", int, 5, "score the generator (SWD, FID/KID) every N epochs against the val split and keep "
          "the best; 0 = off", ("train",), False, between(0, MAX_COUNT)),
         ("best_by", str, "swd", "the in-training score (lower is better) that picks models/generator_best.pt: "
-         "swd or rkid", ("train",), False, one_of("swd", "rkid")),
+         "swd, rkid or c2st (a classifier's accuracy, real vs generated: 0.5 is best)", ("train",), False,
+         one_of("swd", "rkid", "c2st")),
     ]),
     ("encoder: image -> latent in one forward pass, trained on the generator's own samples", [
         ("encoder_steps", int, 1000, "training steps of the encoder", ("encoder",), True,

@@ -2,8 +2,9 @@
 
 Every `eval_every` epochs the train stage generates a fixed batch (the same noise every time) and scores
 it against the held-out val split with every registered metric that can score during training
-(`Metric.scorer`): SWD and rkid always, FID and KID as well when the Inception weights are present. Lower is
-better for all of them; the best generator is chosen by the `best_by` param, SWD (the default) or rkid:
+(`Metric.scorer`): SWD, rkid and c2st always, FID and KID as well when the Inception weights are present.
+Lower is better for all of them; the best generator is chosen by the `best_by` param, SWD (the default),
+rkid or c2st:
 scores every machine can compute, so rankings of experiments never depend on which machine had the weights.
 """
 from __future__ import annotations

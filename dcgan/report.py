@@ -35,6 +35,8 @@ SERIES_NOTES = {
     "swd": "SWD x10³ of fixed-noise samples vs the val split (7x7 patches: texture); lower is better.",
     "rkid": "KID x10³ on random-network features of fixed-noise samples vs the val split (shape and "
             "composition); lower is better.",
+    "c2st": "How often a classifier on random-network features tells fixed-noise samples from val images; "
+            "0.5 = it cannot (the best), 1 = always.",
     "fid": "FID of fixed-noise samples vs the val split; lower is better.",
     "kid": "KID of fixed-noise samples vs the val split; lower is better.",
 }
@@ -274,6 +276,9 @@ def _cards(train: dict | None, ev: dict | None) -> str:
             card(fmt(ev["swd"]), "SWD x10³ (lower is better)", f"real-vs-real floor {fmt(ev.get('swd_floor'))}")
         if "rkid" in ev:
             card(fmt(ev["rkid"]), "rkid x10³ (lower is better)", f"real-vs-real floor {fmt(ev.get('rkid_floor'))}")
+        if "c2st" in ev:
+            card(fmt(ev["c2st"]), "c2st: a classifier tells generated from test (0.5 = never)",
+                 f"real-vs-real floor {fmt(ev.get('c2st_floor'))}")
         card(fmt(ev.get("fid")), "FID (lower is better)",
              f"floor {fmt(ev.get('fid_floor'))}" if ev.get("fid") is not None else "Inception weights absent")
         if "d_accuracy" in ev:

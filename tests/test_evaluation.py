@@ -32,7 +32,7 @@ EVAL_KEYS = [
     "n_generated", "n_test", "n_train",
     "swd", "swd_32px", "swd_16px", "swd_floor", "swd_floor_32px", "swd_floor_16px",
     "fid", "kid", "kid_std", "fid_floor", "kid_floor",
-    "rkid", "rkid_std", "rkid_floor",
+    "rkid", "rkid_std", "rkid_floor", "c2st", "c2st_floor",
     "d_accuracy", "d_accuracy_real", "d_accuracy_fake", "d_tn", "d_fp", "d_fn", "d_tp",
     "memorisation_k", "memorisation_median_distance", "memorisation_min_distance",
     "memorisation_median_distance_test", "memorisation_ratio",

@@ -42,7 +42,7 @@ def test_probe_scores_real_images_far_better_than_noise_and_is_repeatable():
     same = probe.score(Replay(real))["swd"]
     lookalike = probe.score(Replay(real_images(seed=1)))["swd"]
     noise = probe.score(Noise())
-    assert set(noise) == {"swd", "rkid"}               # no Inception: no FID/KID keys
+    assert set(noise) == {"swd", "rkid", "c2st"}               # no Inception: no FID/KID keys
     assert same == pytest.approx(0, abs=1e-6) and lookalike < noise["swd"] / 3
     assert probe.score(Noise())["swd"] == noise["swd"]   # fixed noise, fixed patches: the same score
 

@@ -18,6 +18,11 @@ relies on, and nothing more:
   and can be traced by torch.jit.trace and exported to ONNX with a batch dimension (export.py).
 - BatchNorm is allowed anywhere: the EMA recomputes its statistics (ema.recalibrate) and D is evaluated with
   batch statistics (sampling.d_logits).
+- Every image_size from MIN_SIZE to MAX_SIZE, not only powers of two: `ladder` gives the start size and the
+  doublings, `centre_crop`/`centre_pad` the way from the ladder's top size to image_size and back.
+- Optional: a discriminator with `reconstructs = True` takes `forward(x, reconstruct=True)` and returns
+  (logits, a scalar loss), which the training step adds to D's loss on real images (a self-supervised D,
+  fastgan.py).
 
 A saved model (model.save) records its kind, its config, its state_dict and, for any architecture but
 `dcgan`, its `arch` (files saved before architectures had names are dcgan ones, byte for byte).

@@ -14,7 +14,7 @@ from test_distributed import SYNC, ddp_env, train_cmd, write_params
 from test_training import assert_identical, run_train, weights
 
 FASTGAN = {"arch": "fastgan", "loss": "hinge", "diffaugment": "color,translation", "ema_halflife": 500,
-           "eval_every": 1}
+           "eval_every": 2}
 
 
 @pytest.fixture
