@@ -83,6 +83,21 @@ def write_results(path: Path, results: dict):
     atomic_write_text(path, json.dumps(results, indent=2) + "\n")   # after every budget: nothing measured is lost
 
 
+def merge(parts: list[Path], out: Path):
+    """Runs and floors from results files written elsewhere, into `out`; a run there with the same key is
+    replaced. Their generators stayed where they were trained: their snapshot paths are dropped."""
+    results = read_results(out)
+    for part in parts:
+        got = read_results(part)
+        results["floors"].update(got["floors"])
+        for key, run in got["runs"].items():
+            for row in run["budgets"]:
+                row.pop("snapshot", None)
+            results["runs"][key] = run
+        print(f"{part}: {', '.join(got['runs']) or 'no runs'}")
+    write_results(out, results)
+
+
 def every(n: int):
     """A training log that prints one epoch line in n (and every other line)."""
     def log(line: str):
@@ -105,9 +120,13 @@ def main():
     ap.add_argument("--runs", type=Path, default=CACHE / "runs", help="where the runs' folders live")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--recommend", choices=list(CONFIGS), help="write this configuration under 'recommended'")
+    ap.add_argument("--merge", nargs="+", type=Path, metavar="PART",
+                    help="only merge these results files (runs made elsewhere, e.g. quality_gpu.sh) into --out")
     ap.add_argument("--rescore", action="store_true",
                     help="score every budget's saved generator again with today's metrics (before training on)")
     args = ap.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
     if not args.data.is_dir():
         sys.exit(f"--data {args.data} not found (the Pokemon sprites live in ../shared/datasets/pokemon/images)")
     unknown = [c for c in args.configs.split(",") if c not in CONFIGS]

@@ -18,7 +18,7 @@ from conftest import ROOT, TINY, env, make_prepared
 from dcgan import params as P
 from dcgan.device import FastPath, adam
 from dcgan.engine import ResidentData, Stepper
-from dcgan.archs.dcgan import Discriminator, Generator, init_weights
+from dcgan import archs
 
 if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
     pytest.skip("this torch build has no gloo backend", allow_module_level=True)
@@ -133,10 +133,11 @@ def _process(pid):
         return None
 
 
-def first_losses(fast: FastPath, steps: int = 1, device: str = "cpu") -> tuple[float, float]:
+def first_losses(fast: FastPath, steps: int = 1, device: str = "cpu", arch: str = "dcgan") -> tuple[float, float]:
     torch.manual_seed(0)
-    G = Generator(32, 1, 16, 16).apply(init_weights)
-    D = Discriminator(32, 1, 16).apply(init_weights)
+    parts = archs.REGISTRY.get(arch)
+    G = parts.generator(32, 1, 16, 16).apply(parts.init_weights)
+    D = parts.discriminator(32, 1, 16).apply(parts.init_weights)
     fmt = torch.channels_last if fast.channels_last else torch.contiguous_format
     dev = torch.device(device)
     G.to(dev, memory_format=fmt)
@@ -160,18 +161,20 @@ def first_losses(fast: FastPath, steps: int = 1, device: str = "cpu") -> tuple[f
     (FastPath("fp32", True, False, False), 1e-5),     # channels_last: other convolution kernels, same maths
     (FastPath("bf16", True, False, False), 3e-2),     # bf16 autocast: 8 bits of mantissa in the convolutions
 ])
-def test_fast_path_first_losses_match_plain_fp32_eager(fast, rtol):
-    plain = first_losses(FastPath("fp32", False, False, False), steps=3)
-    got = first_losses(fast, steps=3)
+@pytest.mark.parametrize("arch", ["dcgan", "fastgan"])
+def test_fast_path_first_losses_match_plain_fp32_eager(fast, rtol, arch):
+    plain = first_losses(FastPath("fp32", False, False, False), steps=3, arch=arch)
+    got = first_losses(fast, steps=3, arch=arch)
     np.testing.assert_allclose(got, plain, rtol=rtol)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; run on a GPU machine)")
+@pytest.mark.parametrize("arch", ["dcgan", "fastgan"])    # fastgan: noise injection and D's decoder in the graph
 @pytest.mark.parametrize("fast, rtol", [
     (FastPath("fp32", True, False, True), 2e-2),      # whole step replayed from a CUDA graph (3 eager, then replays)
     (FastPath("bf16", True, False, True), 5e-2),      # the default on CUDA
 ])
-def test_cuda_fast_path_matches_plain_fp32_eager(fast, rtol):
-    plain = first_losses(FastPath("fp32", False, False, False), steps=8, device="cuda")
-    got = first_losses(fast, steps=8, device="cuda")
+def test_cuda_fast_path_matches_plain_fp32_eager(fast, rtol, arch):
+    plain = first_losses(FastPath("fp32", False, False, False), steps=8, device="cuda", arch=arch)
+    got = first_losses(fast, steps=8, device="cuda", arch=arch)
     np.testing.assert_allclose(got, plain, rtol=rtol)
