@@ -12,7 +12,7 @@ set -u
 LOGS=${1:?LOGS folder}; DATA=${2:?the Pokemon images folder}; SECONDS_LEFT=${3:-500}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$LOGS"
-export PYTHONPATH=$ROOT PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 

@@ -16,7 +16,7 @@ import torch
 
 from . import losses, params, pictures
 from .device import FastPath, autocast
-from .distributed import all_mean
+from .distributed import all_mean, unwrap
 from .errors import brief
 from .losses.r1 import r1_penalty
 from .sampling import frozen_batchnorm
@@ -37,7 +37,7 @@ def train_step(G, D, opt_g, opt_d, x: torch.Tensor, z: torch.Tensor, autocast_ct
     loss = loss or losses.build(params.SCHEMA["loss"].default)
     aug = augment if augment else (lambda t: t)
     # G's step goes around D's DDP wrapper (below); the attribute lookup too
-    D_g = D.module if isinstance(D, torch.nn.parallel.DistributedDataParallel) else D
+    D_g = unwrap(D)
     with autocast_ctx:
         fake = G(z)
         if getattr(D_g, "reconstructs", False):
@@ -96,8 +96,7 @@ class Stepper:
         self.autocast = autocast(device, fast.precision, cache=not fast.cuda_graph)
         self.sums = torch.zeros(len(STATS), device=device)
         self.G_step, self.D_step = G, D
-        self.reconstructs = getattr(D.module if isinstance(D, torch.nn.parallel.DistributedDataParallel) else D,
-                                    "reconstructs", False)
+        self.reconstructs = getattr(unwrap(D), "reconstructs", False)
         # R1 updates D outside the captured step; that mix is not verified on a GPU yet: no graph with R1
         self.use_graph = fast.cuda_graph and device.type == "cuda" and r1_gamma == 0
         self.graph = self.static_idx = None

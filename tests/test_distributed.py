@@ -158,7 +158,8 @@ def first_losses(fast: FastPath, steps: int = 1, device: str = "cpu", arch: str 
 
 
 @pytest.mark.parametrize("fast, rtol", [
-    (FastPath("fp32", True, False, False), 1e-5),     # channels_last: other convolution kernels, same maths
+    # channels_last: other convolution kernels, same maths; summed in another order (fastgan's 2e-5 on 16 threads)
+    (FastPath("fp32", True, False, False), 1e-4),
     (FastPath("bf16", True, False, False), 3e-2),     # bf16 autocast: 8 bits of mantissa in the convolutions
 ])
 @pytest.mark.parametrize("arch", ["dcgan", "fastgan"])
