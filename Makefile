@@ -45,7 +45,7 @@ run: setup
 	$(PY) -m stages.report
 	$(PY) -m locals3 push
 
-# report/index.html: curves, sample grids over epochs, evaluation pictures and metrics; works offline.
+# report/index.html: every experiment side by side (dvc exp show + dvc plots diff), a page each; works offline.
 report: setup
 	$(PY) -m stages.report
 

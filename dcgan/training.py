@@ -34,6 +34,11 @@ from .quality import Best, QualityProbe
 GRID_SIZE = 64  # fixed-noise samples per logged grid
 
 
+def device_name(device: torch.device) -> str:
+    """What the run trained on, for metrics/train.json: 'cpu', or the GPU's model name."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path, live_dir: Path,
           summary_path: Path, progress: bool = True, log=print, world: World = World()) -> dict:
     """Train (or continue training) to p['epochs']; write models, checkpoint, dvclive series and summary.
@@ -140,6 +145,7 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
             f"{k} {v:.1f}" if k in ("images_per_s", "epoch_s") else f"{k} {v:.4f}" for k, v in stats.items()))
         run_s = time.perf_counter() - run_t0
         summary = {**{k: v for k, v in summary.items() if not k.startswith("best_")}, "epochs_done": epoch,
+                   "images_seen": epoch * steps * bs, "device": device_name(device),
                    **{k: v for k, v in stats.items() if k != "epoch_s"},
                    "images_per_s": images_done / run_s, "wall_s": wall_before + run_s, **best.summary()}
         if epoch % p["checkpoint_every"] == 0 or epoch == p["epochs"]:

@@ -1,4 +1,9 @@
-"""report: one self-contained HTML page (report/index.html) about the last run: curves, samples, evaluation."""
+"""report: report/index.html, every experiment side by side (params, scores, grids, curves), and a page per
+experiment; opens from disk with no network.
+
+    python -m stages.report                                  # the workspace, the branch's commits, every dvc exp
+    python -m stages.report --exp 'exp-*' --where seed=0     # a subset: names (globs), commits, param values
+"""
 import argparse
 from pathlib import Path
 
@@ -6,15 +11,28 @@ from dcgan import cli, report
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--metrics", type=Path, default=Path("metrics"), help="what train and evaluate wrote")
-    ap.add_argument("--out", type=Path, default=Path("report/index.html"))
-    ap.add_argument("--title", default="DCGAN run report")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("report"), help="the site's folder (index.html inside)")
+    ap.add_argument("--exp", action="append", default=[], metavar="NAME",
+                    help="only experiments with this name (a glob; repeatable)")
+    ap.add_argument("--commit", action="append", default=[], metavar="SHA",
+                    help="only this commit and the experiments based on it (a prefix; repeatable)")
+    ap.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                    help="only experiments with this param value, as -S takes it (repeatable)")
+    ap.add_argument("--commits", type=int, default=None, metavar="N",
+                    help="the last N commits of the branch and their experiments (default: all)")
+    ap.add_argument("--title", default="DCGAN experiments")
     args = ap.parse_args()
-    if not args.metrics.is_dir():
-        raise cli.UserError(f"{args.metrics} not found: run `dvc repro` (train and evaluate) first")
-    out = report.build(args.metrics, args.out, title=args.title)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); open it in a browser")
+    where = {}
+    for item in args.where:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise cli.UserError(f"--where {item!r}: expected KEY=VALUE, e.g. --where seed=0")
+        where[key] = value
+    if not Path(".dvc").is_dir():
+        raise cli.UserError("no .dvc folder here: run the report from the repository's root")
+    report.build(Path("."), args.out, report.Selection(args.exp, args.commit, where), args.commits, args.title)
+    print(f"open {args.out / 'index.html'} in a browser")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
+import signal
 import socket
 import shutil
 import subprocess
@@ -108,6 +110,49 @@ def copy_repo(dest: Path, params: dict | None = None, demo_limit: int | None = N
         dvcyaml.write_text(dvcyaml.read_text().replace(cmd, f"{cmd} --limit {demo_limit}"))
     sh("git init -q -b main && git add -A && git commit -qm 'copy of the project'", dest)
     return dest
+
+
+def run_queue(repo: Path, log: Path, workers: int = 2, limit: float = 600) -> tuple[str, float]:
+    """`dvc queue start -j workers`, then wait until nothing is queued or running. -> (final status, seconds)."""
+    t0 = time.monotonic()
+    try:
+        # The workers are daemons that inherit the starter's stdout/stderr: with captured pipes the call
+        # would last until the last worker exits, and dvc-task's idle workers sometimes never do (seen once:
+        # all experiments done, one worker idle for 8 minutes after "shutting down due to empty queue").
+        # So: output to a file, and the queue's status decides when the grid is done.
+        with open(log, "w") as out:
+            started = subprocess.run(f"dvc queue start -j {workers}", cwd=repo, shell=True, env=env(), stdout=out,
+                                     stderr=subprocess.STDOUT, timeout=120)
+        assert started.returncode == 0, log.read_text()
+        while time.monotonic() - t0 < limit:
+            status = sh("dvc queue status", repo).stdout
+            if not re.search(r"\b(Queued|Running)\b", status):
+                break
+            time.sleep(2)
+        return status, time.monotonic() - t0
+    finally:
+        for pid_file in (repo / ".dvc/tmp/exps/celery").glob("*.pid"):   # no worker outlives the test
+            try:
+                pid = int(pid_file.read_text().strip())
+                if b"queue-worker" in Path(f"/proc/{pid}/cmdline").read_bytes():   # still that worker
+                    os.kill(pid, signal.SIGKILL)
+            except (ValueError, OSError):
+                pass
+
+
+@pytest.fixture(scope="session")
+def queued_grid(tmp_path_factory) -> tuple[Path, str, float]:
+    """A copy of the project with a committed baseline run (3 epochs, a sample grid each) and a grid of four
+    experiments (lr_g x seed) that DVC's queue ran with 2 workers. -> (repo, the queue's final status, seconds the queue took). Tests that
+    change it work on a copy (shutil.copytree(repo, ..., symlinks=True))."""
+    root = tmp_path_factory.mktemp("queued-grid")
+    repo = copy_repo(root / "repo", params={"epochs": 3, "sample_every": 1}, demo_limit=300)   # 3 grids each
+    sh("dvc repro", repo)
+    sh("git add -A && git commit -qm baseline", repo)
+    queued = sh("dvc exp run --queue -S 'lr_g=0.0001,0.0002' -S 'seed=0,1'", repo)
+    assert sh("dvc queue status", repo).stdout.count("Queued") == 4, queued.stdout
+    status, wall = run_queue(repo, root / "queue-start.log")
+    return repo, status, wall
 
 
 @pytest.fixture

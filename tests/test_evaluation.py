@@ -1,11 +1,8 @@
-"""dcgan.evaluation end to end on a tiny untrained model, the evaluate stage script, and the HTML report."""
+"""dcgan.evaluation end to end on a tiny untrained model, and the evaluate stage script."""
 from __future__ import annotations
 
-import base64
-import csv
 import json
 import math
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +14,8 @@ import yaml
 from PIL import Image
 
 from dcgan import evaluation, metrics, pictures, report, sampling
+from dcgan.report import page as report_page
+from dcgan.report import table as report_table
 from dcgan.archs.dcgan import Discriminator, Encoder, Generator, init_weights
 from dcgan.metrics._inception import FID_WEIGHTS_FILE
 from dcgan.model import save
@@ -206,7 +205,11 @@ def test_a_new_metric_module_reaches_eval_json_the_stage_and_the_report(tmp_path
     before.pop("wall_s"), after.pop("wall_s"), after.pop("brightness_gap")
     assert after == before  # drawing test images after the built-in metrics changes none of their numbers
     assert evaluation.headline_keys()[-2:] == ["brightness_gap", "wall_s"]
-    assert "mean pixel value, generated minus test images" in report.render(tmp_path / "after")
+    # the report: its column (a headline key) and its help on the experiment's page
+    ev = json.loads((tmp_path / "after" / "eval.json").read_text())
+    e = report.Experiment(id="x", rev="x", kind="experiment", baseline="abc1234", metrics={"eval": ev})
+    assert "mean pixel value, generated minus test images" in report_page.experiment(tmp_path, e, [], "t")
+    assert ("brightness_gap", None) in report_table.eval_keys()
 
 
 def test_a_metric_must_explain_its_keys(tmp_path, registry):
@@ -286,57 +289,3 @@ def test_stage_missing_model_is_one_line_error(tmp_path):
     r = run_stage(stage_dir(tmp_path, with_models=False))
     assert r.returncode == 2
     assert "models/discriminator.pt not found" in r.stderr and "Traceback" not in r.stderr
-
-
-# ---- the HTML report ----
-
-def fabricate_run(root: Path):
-    """metrics/train (dvclive layout), metrics/train.json, metrics/eval.json and metrics/eval/*.png."""
-    live = root / "metrics" / "train" / "plots"
-    (live / "metrics").mkdir(parents=True)
-    series = {"loss_d": [1.2, 0.9, 0.7, 0.65], "loss_g": [2.5, 3.1, 3.4, 3.3], "d_real": [0.7, 0.8, 0.85, 0.86],
-              "d_fake": [0.3, 0.2, 0.15, 0.14], "d_val": [0.69, 0.75, 0.7, 0.66], "images_per_s": [900, 950, 940, 960]}
-    for name, values in series.items():
-        with open(live / "metrics" / f"{name}.tsv", "w", newline="") as f:
-            w = csv.writer(f, delimiter="\t", lineterminator="\n")
-            w.writerow(["timestamp", "step", name])
-            for step, v in enumerate(values, 1):
-                w.writerow([1700000000000 + step, step, v])
-    rng = np.random.default_rng(0)
-    for epoch in range(1, 11):
-        pictures.save_png(pictures.grid(rng.integers(0, 256, (16, 1, 32, 32), dtype=np.uint8), nrow=4),
-                          live / "images" / "samples" / f"{epoch:05d}.png")
-    (root / "metrics" / "train.json").write_text(json.dumps({"epochs_done": 10, "loss_d": 0.65, "wall_s": 123.4}))
-    ev = {k: 0.5 for k in EXPECTED_KEYS}
-    ev.update(fid=None, kid=None, kid_std=None, fid_floor=None, kid_floor=None, swd=31.4159, swd_floor=7.25,
-              d_accuracy=0.8125, memorisation_median_distance=1234.5, n_generated=1000)
-    (root / "metrics" / "eval.json").write_text(json.dumps(ev))
-    for name in ("confusion_matrix.png", "memorisation.png", "samples.png"):
-        pictures.save_png(pictures.grid(rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)),
-                          root / "metrics" / "eval" / name)
-
-
-def test_report_is_self_contained(tmp_path):
-    fabricate_run(tmp_path)
-    out = tmp_path / "report" / "index.html"
-    report.build(tmp_path / "metrics", out)
-    html = out.read_text()
-    assert not re.search(r"https?://", html)
-    assert "<script" not in html.lower()
-    imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(imgs) >= 3 + 2  # eval pictures + several sample grids
-    for b64 in imgs:
-        assert base64.b64decode(b64).startswith(b"\x89PNG")
-    assert html.count("<svg") >= 3  # losses, D outputs, throughput
-    assert "loss_d" in html and "<polyline" in html
-    assert "epoch 1" in html and "epoch 10" in html  # the sample grids span first -> last
-    for value in ("31.42", "7.25", "81.2%", "1234.5", "123.4"):
-        assert value in html, value
-    assert "n/a" in html  # fid null
-
-
-def test_report_with_nothing_yet(tmp_path):
-    out = tmp_path / "index.html"
-    report.build(tmp_path / "metrics", out)
-    html = out.read_text()
-    assert "dvc repro" in html and not re.search(r"https?://", html)

@@ -1,18 +1,13 @@
 """dvc integration: the whole DAG in a temporary copy of the repository."""
 import json
-import os
-import re
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import copy_repo, env, set_params, sh
+from conftest import copy_repo, set_params, sh
 
 pytestmark = pytest.mark.integration
 
@@ -158,52 +153,23 @@ def test_exp_run_twice_show_and_diff(reproduced, tmp_path):
     assert "epochs" in text
 
 
-def test_queued_experiments_run_each_to_the_end(tmp_path):
-    """`dvc exp run --queue` with a comma list queues one experiment per value; `dvc queue start -j 2` runs them in
-    temporary workspaces; each experiment resumes the baseline's checkpoint only when its training params equal it.
-    (Two experiments: how -S lists expand into a grid is DVC's, checked without running in test_params.py.)"""
-    repo = copy_repo(tmp_path / "repo", demo_limit=300)
-    sh("dvc repro", repo)
-    sh("git add -A && git commit -qm baseline", repo)
+def test_queued_experiments_run_each_to_the_end(queued_grid):
+    """`dvc exp run --queue` with comma lists queues the grid (lr_g x seed: 4); `dvc queue start -j 2` runs them
+    in temporary workspaces; each experiment resumes the baseline's checkpoint only when its training params
+    equal it. (How -S lists expand is DVC's, also checked without running in test_params.py.)"""
+    repo, status, wall = queued_grid
+    assert status.count("Success") == 4 and "Failed" not in status, status
     base = json.loads((repo / "metrics/train.json").read_text())
 
-    sh("dvc exp run --queue -S 'lr_g=0.0001,0.0002'", repo)
-    status = sh("dvc queue status", repo).stdout
-    assert status.count("Queued") == 2, status
-    t0 = time.monotonic()
-    try:
-        # The workers are daemons that inherit the starter's stdout/stderr: with captured pipes the call
-        # would last until the last worker exits, and dvc-task's idle workers sometimes never do (seen once:
-        # all experiments done, one worker idle for 8 minutes after "shutting down due to empty queue").
-        # So: output to a file, and the queue's status decides when the grid is done.
-        with open(tmp_path / "queue-start.log", "w") as log:
-            started = subprocess.run("dvc queue start -j 2", cwd=repo, shell=True, env=env(), stdout=log,
-                                     stderr=subprocess.STDOUT, timeout=120)
-        assert started.returncode == 0, (tmp_path / "queue-start.log").read_text()
-        while time.monotonic() - t0 < 600:
-            status = sh("dvc queue status", repo).stdout
-            if not re.search(r"\b(Queued|Running)\b", status):
-                break
-            time.sleep(2)
-        wall = time.monotonic() - t0
-    finally:
-        for pid_file in (repo / ".dvc/tmp/exps/celery").glob("*.pid"):   # no worker outlives the test
-            try:
-                pid = int(pid_file.read_text().strip())
-                if b"queue-worker" in Path(f"/proc/{pid}/cmdline").read_bytes():   # still that worker
-                    os.kill(pid, signal.SIGKILL)
-            except (ValueError, OSError):
-                pass
-    assert status.count("Success") == 2 and "Failed" not in status, status
-
     every = train_metrics_of_experiments(repo)
-    grid = {p["lr_g"]: (m, e) for p, m, e in every.values()}
-    assert set(grid) == {0.0001, 0.0002}, every
-    for lr_g, (m, e) in grid.items():
-        assert m and m["epochs_done"] == 1 and e and "swd" in e, (lr_g, m, e)
-    assert grid[0.0002][0] == base                       # the baseline's params: its checkpoint, not retrained
-    assert grid[0.0001][0]["loss_g"] != base["loss_g"]   # other params: trained from scratch
-    print(f"2 queued experiments with -j 2: {wall:.0f} s")
+    grid = {(p["lr_g"], p["seed"]): (m, e) for p, m, e in every.values()}
+    assert set(grid) == {(0.0001, 0), (0.0001, 1), (0.0002, 0), (0.0002, 1)}, every
+    for key, (m, e) in grid.items():
+        assert m and m["epochs_done"] == 3 and e and "swd" in e, (key, m, e)
+    assert grid[0.0002, 0][0] == base                       # the baseline's params: its checkpoint, not retrained
+    assert grid[0.0001, 0][0]["loss_g"] != base["loss_g"]   # other params: trained from scratch
+    assert grid[0.0002, 1][0]["loss_g"] != base["loss_g"]
+    print(f"4 queued experiments with -j 2: {wall:.0f} s")
 
 
 def test_a_long_run_keeps_git_small_and_the_grids_in_the_dvc_cache(tmp_path):

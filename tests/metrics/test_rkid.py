@@ -171,13 +171,12 @@ def test_training_with_best_by_rkid_keeps_the_best_by_rkid(tmp_path, monkeypatch
     assert s["best_swd"] == s["swd"] and s["best_epoch"] == 2 and "best_rkid" not in s and best["key"] == "swd"
 
 
-def test_the_report_shows_rkid_its_help_its_floor_and_its_training_curve(tmp_path):
-    from dcgan import report
-    m = tmp_path / "metrics"
-    (m / "train" / "plots" / "metrics").mkdir(parents=True)
-    (m / "train" / "plots" / "metrics" / "rkid.tsv").write_text("timestamp\tstep\trkid\n1\t1\t812.5\n2\t2\t301.25\n")
-    (m / "eval.json").write_text('{"swd": 31.4, "swd_floor": 7.2, "rkid": 123.45, "rkid_std": 0.0, "rkid_floor": 6.5}')
-    html = report.render(m)
+def test_the_report_shows_rkid_its_help_its_floor_and_its_column(tmp_path):
+    from dcgan.report import Experiment, page, table
+    ev = {"swd": 31.4, "swd_floor": 7.2, "rkid": 123.45, "rkid_std": 0.0, "rkid_floor": 6.5}
+    e = Experiment(id="x", rev="x", kind="experiment", baseline="abc1234", metrics={"eval": ev})
+    html = page.experiment(tmp_path, e, [], "t")
     assert "rkid x10³" in html and "123.5" in html and "floor 6.50" in html
     assert metrics.REGISTRY.get("rkid")("rkid").describe("rkid_floor") in html
-    assert "<h3>rkid</h3><svg" in html and "random-network features" in html
+    assert dict(table.eval_keys())["rkid"] is True
+    assert [c.label for c in table.columns([e]) if c.group == "eval"] == ["swd", "swd_floor", "rkid", "rkid_floor"]
