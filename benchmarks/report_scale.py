@@ -7,7 +7,7 @@ Fabricates what `dvc exp show` and `dvc plots diff` give the report for N experi
 E epochs each: params (lr_g x seed differ), metrics/train.json and metrics/eval.json, the curves of
 dvc.yaml's plots filled by DVC's own renderer (dvc_render's VegaRenderer, as `dvc plots diff` does) and the
 grids as PNG files in the site's plots/ folder (where DVC copies them; 100 distinct images hard-linked, so the
-disk holds them once). Then it writes the site with dcgan.report.write_site, as `make report` does after
+disk holds them once). Then it writes the site with dcgan.report.site.write_site, as `make report` does after
 asking DVC, and prints the build time, the size of index.html, of the experiment pages and of the images.
 
 Baseline, in the same run: the same experiments with all their grids inlined in one page as base64 (how the
@@ -31,7 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dcgan import pictures, report  # noqa: E402
+from dcgan import pictures  # noqa: E402
+from dcgan.report import site  # noqa: E402
 from dcgan.report.collect import Experiment  # noqa: E402
 
 # dvc.yaml's line plots: (title, series)
@@ -115,9 +116,14 @@ def in_browser(index: Path) -> dict:
         while driver.execute_script(drawn) == 0 and time.perf_counter() - t0 < 120:
             time.sleep(0.05)
         ready = time.perf_counter() - t0
-        fetched = driver.execute_script(
-            "return performance.getEntriesByType('resource').filter(r => r.name.endsWith('.png')).length")
-        return {"browser_ready_s": round(ready, 2), "images_fetched": fetched}
+        count = "return Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length"
+        time.sleep(1)
+        before = driver.execute_script(count)     # the table fills the first screen: no grid fetched yet
+        driver.execute_script("document.getElementById('grids').scrollIntoView()")
+        time.sleep(2)
+        return {"browser_ready_s": round(ready, 2), "img_elements": driver.execute_script(
+                "return document.images.length"), "images_loaded_at_top": before,
+                "images_loaded_at_grids": driver.execute_script(count)}
     finally:
         driver.quit()
 
@@ -135,7 +141,7 @@ def main():
     exps, charts = fabricate(args.out, args.experiments, args.grids, max(args.epochs, args.grids))
     made = time.perf_counter() - t0
     t0 = time.perf_counter()
-    report.write_site(args.out, exps, charts, "scale test")
+    site.write_site(args.out, exps, charts, "scale test")
     built = time.perf_counter() - t0
     index = args.out / "index.html"
     pages = sum(f.stat().st_size for f in (args.out / "exp").glob("*.html"))

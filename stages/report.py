@@ -7,7 +7,8 @@ experiment; opens from disk with no network.
 import argparse
 from pathlib import Path
 
-from dcgan import cli, report
+from dcgan import cli
+from dcgan.report import collect, site
 
 
 def main():
@@ -31,7 +32,7 @@ def main():
         where[key] = value
     if not Path(".dvc").is_dir():
         raise cli.UserError("no .dvc folder here: run the report from the repository's root")
-    report.build(Path("."), args.out, report.Selection(args.exp, args.commit, where), args.commits, args.title)
+    site.build(Path("."), args.out, collect.Selection(args.exp, args.commit, where), args.commits, args.title)
     print(f"open {args.out / 'index.html'} in a browser")
 
 

@@ -13,8 +13,9 @@ import torch
 import yaml
 from PIL import Image
 
-from dcgan import evaluation, metrics, pictures, report, sampling
+from dcgan import evaluation, metrics, pictures, sampling
 from dcgan.report import page as report_page
+from dcgan.report.collect import Experiment
 from dcgan.report import table as report_table
 from dcgan.archs.dcgan import Discriminator, Encoder, Generator, init_weights
 from dcgan.metrics._inception import FID_WEIGHTS_FILE
@@ -207,7 +208,7 @@ def test_a_new_metric_module_reaches_eval_json_the_stage_and_the_report(tmp_path
     assert evaluation.headline_keys()[-2:] == ["brightness_gap", "wall_s"]
     # the report: its column (a headline key) and its help on the experiment's page
     ev = json.loads((tmp_path / "after" / "eval.json").read_text())
-    e = report.Experiment(id="x", rev="x", kind="experiment", baseline="abc1234", metrics={"eval": ev})
+    e = Experiment(id="x", rev="x", kind="experiment", baseline="abc1234", metrics={"eval": ev})
     assert "mean pixel value, generated minus test images" in report_page.experiment(tmp_path, e, [], "t")
     assert ("brightness_gap", None) in report_table.eval_keys()
 

@@ -12,10 +12,13 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import evaluation
-from . import table
-from .collect import Experiment
+from .table import Column, best, columns
+
+if TYPE_CHECKING:
+    from .collect import Experiment
 
 STATIC = Path(__file__).parent / "static"
 
@@ -95,8 +98,8 @@ def _label(e: Experiment) -> str:
 
 def index(site: Path, exps: list[Experiment], charts: list[dict], title: str, notes: list[str],
           selected: list[str]) -> str:
-    cols = table.columns(exps)
-    bests = {c.key: table.best(c, exps) for c in cols}
+    cols = columns(exps)
+    bests = {c.key: best(c, exps) for c in cols}
     head = ['<th class="pick"><input type="checkbox" id="pick-all" checked title="select all shown"></th>',
             '<th data-col="name">experiment</th>', '<th data-col="kind">of</th>']
     head += [f'<th data-col="{html.escape(c.key)}" class="col-{c.group}" title="{html.escape(c.help, quote=True)}">'
@@ -140,7 +143,7 @@ def index(site: Path, exps: list[Experiment], charts: list[dict], title: str, no
     return _page(title, "".join(body), 0)
 
 
-def _arrow(c: table.Column) -> str:
+def _arrow(c: Column) -> str:
     if c.lower_is_better is None:
         return ""
     return ' <span class="muted">↓</span>' if c.lower_is_better else ' <span class="muted">↑</span>'

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .. import evaluation, metrics
 from .. import params as P
-from .collect import Experiment
+
+if TYPE_CHECKING:
+    from .collect import Experiment
 
 # from metrics/train.json: the in-training best score and the end of training; whether lower is better
 TRAIN_COLUMNS = [

@@ -172,7 +172,8 @@ def test_training_with_best_by_rkid_keeps_the_best_by_rkid(tmp_path, monkeypatch
 
 
 def test_the_report_shows_rkid_its_help_its_floor_and_its_column(tmp_path):
-    from dcgan.report import Experiment, page, table
+    from dcgan.report import page, table
+    from dcgan.report.collect import Experiment
     ev = {"swd": 31.4, "swd_floor": 7.2, "rkid": 123.45, "rkid_std": 0.0, "rkid_floor": 6.5}
     e = Experiment(id="x", rev="x", kind="experiment", baseline="abc1234", metrics={"eval": ev})
     html = page.experiment(tmp_path, e, [], "t")

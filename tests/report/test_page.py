@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dcgan import pictures, report
-from dcgan.report import collect, table
+from dcgan import pictures
+from dcgan.report import collect, site, table
 from dcgan.report.collect import Experiment, Selection
 
 
-def make_exps(site: Path) -> list[Experiment]:
+def make_exps(root: Path) -> list[Experiment]:
     rng = np.random.default_rng(0)
-    (site / "plots").mkdir(parents=True)
+    (root / "plots").mkdir(parents=True)
     exps = []
     for k, (lr, swd, rkid) in enumerate([(1e-4, 30.0, 2.0), (2e-4, 25.0, 3.0), (5e-4, 40.0, 1.0)]):
         e = Experiment(id=f"exp-{k}", rev=f"exp-{k}", kind="experiment", baseline="abc1234", state="success",
@@ -23,12 +23,12 @@ def make_exps(site: Path) -> list[Experiment]:
                               "d_val": 0.5, "d_train": 0.6, "wall_s": 10.0, "device": "cpu"}
         e.metrics["eval"] = {"swd": swd, "swd_floor": 13.4, "rkid": rkid, "rkid_floor": -1.0, "d_accuracy": 0.9}
         for epoch in (1, 2, 4):
-            p = site / "plots" / f"{e.rev}_metrics_train_plots_images_samples_{epoch:05d}.png"
+            p = root / "plots" / f"{e.rev}_metrics_train_plots_images_samples_{epoch:05d}.png"
             pictures.save_png(pictures.grid(rng.integers(0, 256, (4, 1, 16, 16), dtype=np.uint8), nrow=2), p)
-            e.grids.append((epoch, p.relative_to(site)))
-        p = site / "plots" / f"{e.rev}_metrics_eval_samples.png"
+            e.grids.append((epoch, p.relative_to(root)))
+        p = root / "plots" / f"{e.rev}_metrics_eval_samples.png"
         pictures.save_png(pictures.grid(rng.integers(0, 256, (4, 3, 16, 16), dtype=np.uint8), nrow=2), p)
-        e.pictures["samples.png"] = p.relative_to(site)
+        e.pictures["samples.png"] = p.relative_to(root)
         exps.append(e)
     exps[2].grids = []
     exps[2].missing = ["metrics/train/plots/images/samples/: not in the local DVC cache (run `dvc exp pull "
@@ -44,9 +44,9 @@ def a_chart(revs):
 
 
 @pytest.fixture
-def site(tmp_path):
+def built(tmp_path):
     exps = make_exps(tmp_path)
-    report.write_site(tmp_path, exps, [a_chart([e.rev for e in exps])], "test page", ["note one."], vega_js="")
+    site.write_site(tmp_path, exps, [a_chart([e.rev for e in exps])], "test page", ["note one."], vega_js="")
     return tmp_path, exps
 
 
@@ -55,8 +55,8 @@ def data_of(page: Path) -> dict:
     return json.loads(re.search(r'<script id="report-data" type="application/json">(.*?)</script>', text, re.S)[1])
 
 
-def test_the_table_has_a_row_per_experiment_the_params_that_differ_and_the_best_marked(site):
-    root, exps = site
+def test_the_table_has_a_row_per_experiment_the_params_that_differ_and_the_best_marked(built):
+    root, exps = built
     html = (root / "index.html").read_text()
     body = html.split("<tbody>")[1].split("</tbody>")[0]
     assert body.count("<tr ") == 3
@@ -71,16 +71,16 @@ def test_the_table_has_a_row_per_experiment_the_params_that_differ_and_the_best_
     assert "note one." in html
 
 
-def test_missing_outputs_are_listed_not_dropped(site):
-    root, _ = site
+def test_missing_outputs_are_listed_not_dropped(built):
+    root, _ = built
     html = (root / "index.html").read_text()
     assert "missing: 1" in html and "dvc exp pull &lt;remote&gt; exp-2" in html
     assert "exp-2" in data_of(root / "index.html")["experiments"][2]["id"]
     assert "not in the local DVC cache" in (root / "exp" / "exp-2.html").read_text()
 
 
-def test_every_file_a_page_refers_to_is_there_and_nothing_comes_from_the_network(site):
-    root, _ = site
+def test_every_file_a_page_refers_to_is_there_and_nothing_comes_from_the_network(built):
+    root, _ = built
     for page in [root / "index.html", *(root / "exp").glob("*.html")]:
         text = page.read_text()
         assert not re.search(r'(src|href)="https?://', text), page
@@ -91,8 +91,8 @@ def test_every_file_a_page_refers_to_is_there_and_nothing_comes_from_the_network
                 assert (page.parent / src).is_file() and seen == epoch * 100 * (int(e["id"][-1]) + 1)
 
 
-def test_an_experiment_page_shows_its_own_curves_pictures_and_explained_metrics(site):
-    root, _ = site
+def test_an_experiment_page_shows_its_own_curves_pictures_and_explained_metrics(built):
+    root, _ = built
     page = root / "exp" / "exp-1.html"
     html = page.read_text()
     assert "metrics/eval.json" in html and "sliced Wasserstein" in html and "lr_g" in html
@@ -107,7 +107,7 @@ def test_a_rebuilt_site_replaces_the_old_one_whole(tmp_path):
     (old / "stale.html").write_text("old")
     new.mkdir()
     (new / "index.html").write_text("new")
-    report.swap(new, old)
+    site.swap(new, old)
     assert (old / "index.html").read_text() == "new" and not (old / "stale.html").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
 
