@@ -155,6 +155,25 @@ def queued_grid(tmp_path_factory) -> tuple[Path, str, float]:
     return repo, status, wall
 
 
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+CHROMEDRIVER = shutil.which("chromedriver")
+needs_browser = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="no headless browser here: apt-get "
+                                   "install -y chromium chromium-driver")
+
+
+def headless_chromium(profile: Path, size: str = "1300,1600"):
+    """A Selenium driver of Debian's chromium, headless, with its own profile folder (quit() it)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={size}",
+              "--disable-gpu", f"--user-data-dir={profile}"):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
 @pytest.fixture
 def repo(tmp_path) -> Path:
     """A fresh git+dvc copy of this repository with tiny params, outside the working tree."""

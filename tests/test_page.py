@@ -8,12 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import serving
+from conftest import headless_chromium, needs_browser, serving
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
-                                reason="no headless browser here: apt-get install -y chromium chromium-driver")
+pytestmark = needs_browser
 
 
 API_KEY = "page-test-key"
@@ -34,18 +31,11 @@ def server(tmp_path):
 
 
 def test_page_in_a_headless_browser(server, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1200",
-              "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver = headless_chromium(tmp_path / "profile", "1100,1200")
     try:
         wait = WebDriverWait(driver, 30)
         loaded = "const i = document.getElementById(arguments[0]); return i.complete && i.naturalWidth > 0;"

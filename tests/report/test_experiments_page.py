@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import sh
+from conftest import headless_chromium, needs_browser, sh
 
 pytestmark = pytest.mark.integration
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-DRIVER = shutil.which("chromedriver")
 
 
 def build_report(repo: Path, *args: str) -> tuple[str, dict]:
@@ -68,21 +66,13 @@ def test_a_subset_by_param_value_and_by_name(reported, tmp_path):
     assert [e["id"] for e in data["experiments"]] == [name]
 
 
-@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no headless browser here: apt-get install -y chromium "
-                                                       "chromium-driver")
+@needs_browser
 def test_the_page_in_a_headless_browser(reported, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     repo = reported[0]
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1300,1600",
-              "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver = headless_chromium(tmp_path / "profile")
     try:
         wait = WebDriverWait(driver, 60)
         driver.get((repo / "report" / "index.html").as_uri())   # from disk: no server, no network
