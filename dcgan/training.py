@@ -112,7 +112,7 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
 
     # ---- the loop ----
     run = live.open_live(live_dir, start) if world.main else None
-    run_t0, images_done, summary = time.perf_counter(), 0, {}
+    run_t0, images_done, summary, trained_on = time.perf_counter(), 0, {}, device_name(device)
     for epoch in range(start + 1, p["epochs"] + 1):
         t0 = time.perf_counter()
         # the epoch's order from (seed, epoch) alone: the same on every rank and device, and after a resume
@@ -145,7 +145,7 @@ def train(p: dict, train_arr: np.ndarray, val_arr: np.ndarray, models_dir: Path,
             f"{k} {v:.1f}" if k in ("images_per_s", "epoch_s") else f"{k} {v:.4f}" for k, v in stats.items()))
         run_s = time.perf_counter() - run_t0
         summary = {**{k: v for k, v in summary.items() if not k.startswith("best_")}, "epochs_done": epoch,
-                   "images_seen": epoch * steps * bs, "device": device_name(device),
+                   "images_seen": epoch * steps * bs, "device": trained_on,
                    **{k: v for k, v in stats.items() if k != "epoch_s"},
                    "images_per_s": images_done / run_s, "wall_s": wall_before + run_s, **best.summary()}
         if epoch % p["checkpoint_every"] == 0 or epoch == p["epochs"]:

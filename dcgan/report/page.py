@@ -185,7 +185,7 @@ def experiment(site: Path, e: Experiment, charts: list[dict], title: str) -> str
     if tables:
         parts.append(f'<h2>Metrics and params</h2><div class="tables">{"".join(tables)}</div>')
     data = {"experiments": [{"id": e.id, "rev": e.rev, "label": _label(e), "page": f"{e.id}.html",
-                             "grids": grid_list(e, site, page_dir)}], "charts": for_rev(charts, e.rev)}
+                             "grids": grid_list(e, site, page_dir)}], "charts": for_revs(charts, {e.rev})}
     parts.append(_json_script("report-data", data))
     return _page(f"{_label(e)} · {title}", "".join(parts), 1)
 
@@ -226,12 +226,12 @@ def _cards(train: dict | None, ev: dict | None) -> str:
     return f'<div class="cards">{"".join(cards)}</div>' if cards else ""
 
 
-def for_rev(charts: list[dict], rev: str) -> list[dict]:
-    """The charts with only one experiment's data (its own page stays small)."""
+def for_revs(charts: list[dict], revs: set[str]) -> list[dict]:
+    """The charts with only these experiments' data, and only those that have some."""
     out = []
     for c in charts:
         spec = dict(c["spec"])
-        values = [d for d in (spec.get("data") or {}).get("values") or [] if d.get("rev") == rev]
+        values = [d for d in (spec.get("data") or {}).get("values") or [] if d.get("rev") in revs]
         if values:
             spec["data"] = {**spec["data"], "values": values}
             out.append({"title": c["title"], "spec": spec})

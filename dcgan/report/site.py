@@ -33,11 +33,8 @@ def build(repo: Path = Path("."), out: Path = Path("report"), selection: Selecti
     for e in exps:   # DVC gave absolute paths into tmp: make them the site's own
         e.grids = [(epoch, Path(p).resolve().relative_to(root)) for epoch, p in e.grids]
         e.pictures = {k: Path(p).resolve().relative_to(root) for k, p in e.pictures.items()}
-    revs = {e.rev for e in exps}
-    for c in charts:   # `dvc plots diff` of one revision adds the workspace: keep the chosen ones only
-        data = c["spec"].get("data") or {}
-        if "values" in data:
-            c["spec"]["data"] = {**data, "values": [d for d in data["values"] if d.get("rev") in revs]}
+    # `dvc plots diff` of one revision adds the workspace: keep the chosen ones only
+    charts = page.for_revs(charts, {e.rev for e in exps})
     notes = [f"{empty} commit{'s' * (empty != 1)} without results (no metrics/train.json) "
              f"{'are' if empty != 1 else 'is'} not listed."] if empty else []
     write_site(tmp, exps, charts, title, notes)
