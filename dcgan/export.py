@@ -11,7 +11,6 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -70,21 +69,17 @@ def export_all(model: nn.Module, out_dir: Path, name: str) -> list[Path]:
 
 
 class OnnxModel:
-    """An ONNX file behind the interface of a torch module: float tensor in, float tensor out (CPU)."""
+    """An ONNX file behind the interface of a torch module: float tensor in, float tensor out (CPU). The
+    file is run by the server's numpy runtime (dcgan.serve.runtime.OnnxNet), which needs no torch."""
 
     def __init__(self, path: Path, threads: int | None = None):
-        import onnxruntime as ort
+        from .serve.runtime import OnnxNet
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:   # the server's model threads each run on their share of the cores (1: the calling thread)
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
+        self.net = OnnxNet(path, threads)
+        self.session = self.net.session
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input: x.detach().float().cpu().numpy()})[0]
-        return torch.from_numpy(np.asarray(out))
+        return torch.from_numpy(self.net(x.detach().float().cpu().numpy()))
 
     def eval(self):
         return self
@@ -105,16 +100,8 @@ def load_runnable(path: Path, device="cpu", threads: int | None = None):
         kind = kind_of(m)
         return m, kind, dict(m.config)
     if suffix == ".onnx":
-        try:
-            m = OnnxModel(path, threads)
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"'{path}' is not an ONNX model ({brief(e)})") from None
-        shape = m.session.get_inputs()[0].shape
-        if len(shape) == 2:   # kind and sizes from the graph's input shape and one probe
-            out = m(torch.zeros(1, shape[1]))
-            return m, "generator", {"nz": shape[1], "channels": out.shape[1], "image_size": out.shape[2]}
-        out = m(torch.zeros(1, *shape[1:]))
-        return m, "encoder", {"nz": out.shape[1], "channels": shape[1], "image_size": shape[2]}
+        m = OnnxModel(path, threads)   # ValueError naming the file when it is not ONNX
+        return m, m.net.kind, dict(m.net.config)
     if suffix == ".ts":
         extra = {"dcgan.json": ""}
         try:

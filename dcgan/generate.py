@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import cli, data, generation, params, pictures, sampling
+from . import cli, data, generation, params, pictures, sampling, shapes
 from . import model as models
 from .device import pick_device
 
@@ -80,7 +80,7 @@ def load_encoder(path: Path | None, device, G):
         E = models.load(path, device, kind="encoder")
     except ValueError as e:
         raise cli.UserError(str(e)) from None
-    misfit = models.encoder_misfit(E.config, G.config)
+    misfit = shapes.encoder_misfit(E.config, G.config)
     if misfit:
         why = f"{path} {misfit}"
         if given:

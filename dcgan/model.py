@@ -43,15 +43,6 @@ def default_generator(params_file: Path | str | None = None) -> Path:
     return GENERATOR_FILES["last"] if not path.is_file() and GENERATOR_FILES["last"].is_file() else path
 
 
-def encoder_misfit(encoder_config: dict, generator_config: dict) -> str | None:
-    """None when an encoder fits a generator (same nz, image size and channels); else both shapes, worded
-    to follow the encoder's name: "(for nz 9, 32 px, 1 channels) does not fit the generator (nz 8, ...)"."""
-    if all(encoder_config[k] == generator_config[k] for k in ("nz", "image_size", "channels")):
-        return None
-    shape = "nz {nz}, {image_size} px, {channels} channels"
-    return f"(for {shape.format(**encoder_config)}) does not fit the generator ({shape.format(**generator_config)})"
-
-
 def save(model: nn.Module, path: Path):
     """kind, config, state_dict (and the architecture unless it is the default), loadable with
     torch.load(weights_only=True)."""

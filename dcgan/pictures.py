@@ -7,21 +7,24 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .files import atomic_write
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Generator output in [-1, 1], (N, C, H, W) -> uint8 (N, C, H, W)."""
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+def to_uint8(x) -> np.ndarray:
+    """Generator output in [-1, 1], (N, C, H, W), a torch tensor (any device) or a float array -> uint8."""
+    if not isinstance(x, np.ndarray):
+        x = x.detach().float().cpu().numpy()
+    x = np.clip(x.astype(np.float32, copy=False), -1, 1)
+    return np.round((x + 1) * np.float32(127.5)).astype(np.uint8)
 
 
-def to_float(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float32 in [-1, 1], the generator's range."""
-    t = torch.as_tensor(x)
-    return t.float() / 127.5 - 1.0
+def to_float(x):
+    """uint8 (N, C, H, W) -> a float32 tensor in [-1, 1], the generator's range."""
+    import torch   # here, not at the top: the serving image draws pictures with numpy alone, without torch
+
+    return torch.as_tensor(x).float() / 127.5 - 1.0
 
 
 def to_pil(img: np.ndarray) -> Image.Image:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import sys
 from http import HTTPStatus
 from pathlib import Path
@@ -21,11 +22,12 @@ import uvicorn
 from .. import cli
 from ..cpus import usable_cpus
 from ..errors import UserError
-from ..model import encoder_misfit
-from . import registry
+from ..shapes import encoder_misfit
+from . import registry, runtime
 from .app import Models, Settings, create_app
 
 API_KEY_ENV = "DCGAN_API_KEY"
+PORT_ENV = ("PORT", "AIP_HTTP_PORT")
 
 
 def is_loopback(host: str) -> bool:
@@ -37,17 +39,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def load(spec: str, stage: str | None, repo: str, want: str, threads: int | None = None):
-    from ..export import load_runnable
+def resolve(spec: str, stage: str | None, repo: str) -> tuple[Path, str]:
+    """A model spec -> (local file, version); registry versions are fetched here, before the port is bound."""
+    return registry.resolve(spec, stage, repo)
 
-    path, version = registry.resolve(spec, stage, repo)
+
+def load(path: Path, spec: str, want: str, threads: int | None = None):
+    """A model file -> (net, config); .onnx without torch (runtime.load)."""
     try:
-        model, kind, config = load_runnable(path, threads=threads)
+        model, kind, config = runtime.load(path, threads=threads)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     if kind != want:
         raise UserError(f"'{spec}' holds a {kind}, not a {want}")
-    return model, config, version, path
+    return model, config
 
 
 def invert_steps(args) -> int:
@@ -62,7 +67,8 @@ def invert_steps(args) -> int:
     return 0
 
 
-def build(args) -> tuple:
+def settings(args) -> Settings:
+    """The server's settings from the command line and the environment; UserError (one line) for a bad one."""
     args.invert_steps = invert_steps(args)
     cores = usable_cpus()     # affinity and cgroup quota; os.sched_getaffinity alone is Linux-only
     model_threads = args.model_threads or min(2, cores)
@@ -76,21 +82,46 @@ def build(args) -> tuple:
     if not is_loopback(args.host) and not s.api_key:
         raise UserError(f"--host {args.host} is reachable from other machines: set {API_KEY_ENV} (a secret, never "
                         "in git) so that requests without it get 401")
-    G, config, s.version, g_path = load(args.model or registry.default_generator(), args.stage, args.repo, "generator",
-                                        s.torch_threads)
-    E = None
+    return s
+
+
+def model_files(args, s: Settings) -> tuple:
+    """-> (generator spec, file; encoder spec, file or None), fetched from the registry when named so; sets
+    the versions in s. Quick: runs before the port is bound, so a wrong name stops the server at once."""
+    g_spec = args.model or registry.default_generator()
+    g_path, s.version = resolve(g_spec, args.stage, args.repo)
+    if args.model_version:
+        s.version = args.model_version
+    s.extra["model_file"] = str(g_path)
     enc_spec = registry.encoder_for(g_path, args.encoder)
+    e_path = None
     if enc_spec != "none":
         if Path(enc_spec).exists() or registry.is_artifact_spec(enc_spec, None):
-            E, e_config, e_version, _ = load(enc_spec, None, args.repo, "encoder", s.torch_threads)
-            misfit = encoder_misfit(e_config, config)
-            if misfit:
-                raise UserError(f"encoder '{enc_spec}' {misfit}")
-            s.extra["encoder_version"] = e_version
+            e_path, s.extra["encoder_version"] = resolve(enc_spec, None, args.repo)
+            if args.model_version:
+                s.extra["encoder_version"] = args.model_version
         else:
             print(f"{enc_spec} not found: image -> embedding is off (dvc repro encoder)", file=sys.stderr)
-    s.extra["model_file"] = str(g_path)
-    return Models(G, config, E, s), s
+    return g_spec, g_path, enc_spec, e_path
+
+
+def load_models(files: tuple, s: Settings) -> Models:
+    """The networks of model_files, loaded (onnxruntime sessions or torch modules), checked to fit."""
+    g_spec, g_path, enc_spec, e_path = files
+    G, config = load(g_path, g_spec, "generator", s.torch_threads)
+    E = None
+    if e_path is not None:
+        E, e_config = load(e_path, enc_spec, "encoder", s.torch_threads)
+        misfit = encoder_misfit(e_config, config)
+        if misfit:
+            raise UserError(f"encoder '{enc_spec}' {misfit}")
+    return Models(G, config, E, s)
+
+
+def build(args) -> tuple:
+    """(Models, Settings) as the server would serve them, loaded at once (tests, benchmarks)."""
+    s = settings(args)
+    return load_models(model_files(args, s), s), s
 
 
 def _head_refusal(status: int, msg: str, default_headers) -> bytes:
@@ -213,7 +244,7 @@ else:
 def server_options(args) -> dict:
     """uvicorn.run's options: bounds on connections, idle time and each request's head and body
     (docs/serving.md#limits)."""
-    options = dict(host=args.host, port=args.port, log_level="warning", access_log=False,
+    options = dict(host=args.host, log_level="warning", access_log=False,
                    limit_concurrency=args.limit_concurrency, backlog=args.backlog,
                    timeout_keep_alive=args.keep_alive_s, h11_max_incomplete_event_size=args.max_head_bytes)
     if HttpToolsProtocol is None:
@@ -251,7 +282,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--repo", default=".", help="DVC repository (path or git URL) of the registry")
     ap.add_argument("--host", default="127.0.0.1", help="the address to listen on; beyond loopback "
                     f"{API_KEY_ENV} must be set")
-    ap.add_argument("--port", type=int, default=8000, help="the port to listen on")
+    ap.add_argument("--port", type=int, default=None,
+                    help="the port to listen on; default $PORT (Cloud Run), else $AIP_HTTP_PORT (Vertex AI), else 8000")
+    ap.add_argument("--model-version", default=None,
+                    help="the version to report (V1 and V2 metadata); default the registry's, or the file's hash")
     ap.add_argument("--max-batch", type=pos_int, default=64, help="rows per model call")
     ap.add_argument("--max-wait-ms", type=float, default=5.0,
                     help="how long a lone request on an idle server waits for others to share its model call")
@@ -284,11 +318,53 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def port(args) -> int:
+    """--port, else $PORT (Cloud Run, Knative), else $AIP_HTTP_PORT (Vertex AI), else 8000."""
+    if args.port is not None:
+        return args.port
+    for name in PORT_ENV:
+        value = os.environ.get(name)
+        if value:
+            if not (value.isascii() and value.isdigit() and 0 < int(value) < 65536):
+                raise UserError(f"${name} must be a port number (1-65535), got {value!r}")
+            return int(value)
+    return 8000
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server with the container engines' stop: the first SIGTERM drains (requests in flight finish,
+    new ones get 503, readiness goes 503), and the process exits 0 once none is in flight; a second SIGTERM or
+    a SIGINT stops at once (uvicorn's own shutdown). A failed model load stops it too."""
+
+    def __init__(self, config: uvicorn.Config, life):
+        super().__init__(config)
+        self.life = life
+        life.on_failure = lambda message: setattr(self, "should_exit", True)
+
+    def handle_exit(self, sig, frame) -> None:
+        if sig == signal.SIGTERM and not self.life.draining:
+            self.life.draining = True
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.life.draining and self.life.in_flight == 0:
+            return True
+        return await super().on_tick(counter)
+
+
 def main():
     args = parser().parse_args()
-    models, settings = build(args)
-    print(f"serving {settings.name} {settings.version} on http://{args.host}:{args.port}/", flush=True)
-    uvicorn.run(create_app(models, settings), **server_options(args))
+    s = settings(args)
+    listen = port(args)
+    files = model_files(args, s)
+    app = create_app(lambda: load_models(files, s), s)
+    print(f"serving {s.name} {s.version} on http://{args.host}:{listen}/ (ready once loaded: /v2/health/ready)",
+          flush=True)
+    server = GracefulServer(uvicorn.Config(app, **server_options(args), port=listen), app.state.life)
+    server.run()
+    if app.state.life.error:
+        raise UserError(app.state.life.error)
 
 
 if __name__ == "__main__":

@@ -22,29 +22,35 @@ import base64
 import binascii
 import hmac
 import io
-import json
 import math
 import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import orjson
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 
-from .. import generation, pictures, sampling
+from .. import pictures
 from ..images import BadImage, decode
+from . import runtime, v2
 from .batching import Batcher, ModelThreads
+from .bodies import (F32_MAX, NUMBER, BadRequest, JSONResponse, TooLarge, error, load_json, read_body, show,
+                     timed_out)
+from .lifecycle import Drain, Lifecycle, NotReady
+from .metrics import Observe, ServerMetrics
 
 PAGE = Path(__file__).with_name("page.html")
 # PIL warns of images over its own limit; the server judges sizes itself (max_pixels, max_request_pixels).
 # A filter for good, not warnings.catch_warnings, which is not thread-safe (parse threads run side by side).
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Open without the API key: probes of load balancers and engines (Kubernetes, KServe, Cloud Run), and the page
+OPEN_PATHS = {"/healthz", "/", "/v2/health/live", "/v2/health/ready"}
 IMAGE_SIGNATURES = {b"\x89PNG": ".png", b"\xff\xd8\xff": ".jpg", b"GIF8": ".gif", b"BM": ".bmp", b"RIFF": ".webp"}
 
 
@@ -68,14 +74,6 @@ class Settings:
     extra: dict = field(default_factory=dict)
 
 
-class BadRequest(Exception):
-    status = 400
-
-
-class TooLarge(BadRequest):
-    status = 413
-
-
 def png_b64(img: np.ndarray) -> str:
     """uint8 (C, H, W) -> base64 PNG."""
     return base64.b64encode(pictures.png_bytes(img)).decode("ascii")
@@ -83,18 +81,15 @@ def png_b64(img: np.ndarray) -> str:
 
 class Models:
     """The generator (and encoder) behind two batchers, run in `model_threads` threads; the request work
-    around them (JSON, image decoding, PNGs) in `parse_threads` others, so that the event loop only routes."""
+    around them (JSON, image decoding, PNGs) in `parse_threads` others, so that the event loop only routes.
+    G and E: runtime nets (an ONNX file needs no torch) or torch modules. Both batchers take and give numpy
+    arrays: latents (N, nz) and float32 images (N, C, H, W) in [-1, 1]."""
 
     def __init__(self, G, config: dict, E=None, settings: Settings = Settings()):
-        self.G, self.E, self.config, self.s = G, E, config, settings
+        self.G, self.E = runtime.as_net(G), None if E is None else runtime.as_net(E)
+        self.config, self.s = config, settings
         self.nz, self.channels, self.size = config["nz"], config["channels"], config["image_size"]
-        self.differentiable = isinstance(G, torch.nn.Module)     # eager or TorchScript: refinement possible
-        if self.differentiable:
-            # Eval mode for good, so sample_images's eval_mode restores eval: no model thread ever sees
-            # another's mode switch. No parameter gradients in refinement, and no race between model threads.
-            G.eval()
-            for p in G.parameters():
-                p.requires_grad_(False)
+        self.differentiable = self.G.differentiable     # a torch module: refinement by gradient steps possible
         self.threads = ModelThreads(settings.model_threads, settings.torch_threads)
         # A bounded pool of its own (not asyncio's default, sized by os.cpu_count()): at most parse_threads
         # images are decoded at once, which bounds their memory, and the model threads are never starved.
@@ -106,43 +101,30 @@ class Models:
     async def off_loop(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.parse, fn, *args)
 
-    def _generate(self, z: torch.Tensor) -> np.ndarray:
-        if self.differentiable:  # one forward pass for the batch the batcher formed
-            return sampling.sample_images(self.G, z, "cpu", batch=len(z))
-        with torch.no_grad():    # an ONNX session: no torch modes to set
-            return pictures.to_uint8(self.G(z))
+    def _generate(self, z: np.ndarray) -> np.ndarray:
+        return self.G(z)         # one forward pass for the batch the batcher formed
 
-    def _encode(self, images: np.ndarray):
+    def _encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-> (latents, each image's mean squared error against the generator's image of its latent)."""
         steps = self.s.invert_steps if self.differentiable else 0
         if steps > 0:
-            z, err = generation.invert(self.G, images, steps, "cpu", encoder=self.E, progress=False)
-            return z, err
-        with torch.no_grad():
-            x = pictures.to_float(images)
-            z = self.E(x).float()
-            err = ((self.G(z).float() - x) ** 2).flatten(1).mean(1)
-        return z.numpy(), err.numpy()
+            return self.G.invert(pictures.to_uint8(x), steps, self.E)
+        z = self.E(x)
+        return z, ((self.G(z) - x) ** 2).reshape(len(x), -1).mean(1)
 
+    async def generate(self, z: np.ndarray) -> np.ndarray:
+        """Latents -> float32 images in [-1, 1], batched with other requests'."""
+        return await self.g_batcher.submit(np.ascontiguousarray(z, np.float32))
 
-def _show(v) -> str:
-    """A short, printable description of a JSON value for an error message (never the whole value)."""
-    if isinstance(v, float):
-        if math.isinf(v):   # also what a literal beyond float64 (1e400, 400 digits) reads as
-            return ("" if v > 0 else "-") + "infinite (or beyond float64's +-1.8e308)"
-        return "NaN" if v != v else repr(v)
-    if isinstance(v, str):
-        return "the string " + json.dumps(v if len(v) <= 20 else v[:20] + "...")   # ASCII-escaped
-    if isinstance(v, (list, dict)):
-        return "a list" if isinstance(v, list) else "an object"
-    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10**20:
-        return f"an integer of {len(str(abs(v)))} digits"
-    return json.dumps(v)
+    async def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 images in [-1, 1] -> (latents, reconstruction errors), batched with other requests'."""
+        return await self.e_batcher.submit(np.ascontiguousarray(x, np.float32))
 
 
 def _key(inst: dict, i: int) -> str:
     key = inst.get("key", str(i))
     if not isinstance(key, str):
-        raise BadRequest(f"instance {i}: 'key' must be a string, got {_show(key)}")
+        raise BadRequest(f"instance {i}: 'key' must be a string, got {show(key)}")
     try:
         key.encode("utf-8")   # a lone surrogate ("\ud800") parses but cannot be written back as JSON
     except UnicodeEncodeError:
@@ -150,16 +132,12 @@ def _key(inst: dict, i: int) -> str:
     return key
 
 
-F32_MAX = float(np.finfo(np.float32).max)
-NUMBER = {int, float}   # exact types: bool is not a number here, and neither is a numeric string
-
-
 def _latent(inst: dict, i: int, nz: int) -> np.ndarray:
     """JSON numbers only, on every path: a numeric string ("0.5"), a bool or null is refused, naming it."""
     field_ = "embeddings" if "embeddings" in inst else "z"
     z = inst[field_]
     if not isinstance(z, list):
-        raise BadRequest(f"instance {i}: '{field_}' must be a list of {nz} numbers, got {_show(z)}")
+        raise BadRequest(f"instance {i}: '{field_}' must be a list of {nz} numbers, got {show(z)}")
     if len(z) != nz:
         raise BadRequest(f"instance {i}: '{field_}' has {len(z)} numbers; the generator takes {nz}")
     # fast path in C: the types first (numpy would turn "0.5" and True into numbers), then finite float32s
@@ -172,9 +150,9 @@ def _latent(inst: dict, i: int, nz: int) -> np.ndarray:
             return arr.astype(np.float32)
     for j, v in enumerate(z):
         if type(v) not in NUMBER or (isinstance(v, float) and not math.isfinite(v)):
-            raise BadRequest(f"instance {i}: '{field_}'[{j}] is {_show(v)}, not a finite number")
+            raise BadRequest(f"instance {i}: '{field_}'[{j}] is {show(v)}, not a finite number")
         if abs(v) > F32_MAX:    # exact for ints of any size: no conversion to float
-            raise BadRequest(f"instance {i}: '{field_}'[{j}] is {_show(v)}, beyond float32's range (+-3.4e38)")
+            raise BadRequest(f"instance {i}: '{field_}'[{j}] is {show(v)}, beyond float32's range (+-3.4e38)")
     raise BadRequest(f"instance {i}: '{field_}' is not {nz} finite float32 numbers")
 
 
@@ -213,29 +191,6 @@ def _image(raw: bytes, ext: str, i: int, models: Models, max_pixels: int) -> np.
         raise BadRequest(f"instance {i}: image could not be used ({e})") from None
 
 
-JSON_DEPTH = 1024    # orjson's nesting limit
-
-
-def _parse_int(text: str):
-    # Python refuses int() of over 4300 digits (ValueError) and float(int) over 1e308 (OverflowError):
-    # a long integer becomes a float, as orjson reads it, so that an oversized one is named as inf.
-    return int(text) if len(text) <= 18 else float(text)
-
-
-def load_json(body: bytes):
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        if "depth" in str(e):   # Python's parser would recurse until RecursionError: no second try
-            raise BadRequest(f"body is nested deeper than {JSON_DEPTH} levels") from None
-    try:  # strict JSON failed; Python's parser also takes NaN/Infinity (json.dumps writes them), named later
-        return json.loads(body, parse_int=_parse_int)
-    except RecursionError:
-        raise BadRequest("body is nested too deeply") from None
-    except ValueError as e:     # JSONDecodeError, UnicodeDecodeError
-        raise BadRequest(f"body is not JSON ({e})") from None
-
-
 def parse_instances(body: bytes, models: Models, s: Settings):
     """-> list of ('z', key, array) or ('image', key, uint8 array) in request order; BadRequest names the
     problem (TooLarge: over a size limit). Runs in a parse thread: nothing here blocks the event loop."""
@@ -250,7 +205,7 @@ def parse_instances(body: bytes, models: Models, s: Settings):
     out, pixels = [], 0
     for i, inst in enumerate(instances):      # every instance checked before any image is decoded
         if not isinstance(inst, dict):
-            raise BadRequest(f"instance {i}: must be an object, got {_show(inst)}")
+            raise BadRequest(f"instance {i}: must be an object, got {show(inst)}")
         key = _key(inst, i)
         if "embeddings" in inst or "z" in inst:
             out.append(("z", key, _latent(inst, i, models.nz)))
@@ -275,9 +230,9 @@ async def predict(parsed, models: Models):
     ims = [v for kind, _, v in parsed if kind == "image"]
     jobs = []
     if zs:
-        jobs.append(models.g_batcher.submit(torch.from_numpy(np.stack(zs))))
+        jobs.append(models.generate(np.stack(zs)))
     if ims:
-        jobs.append(models.e_batcher.submit(np.stack(ims)))
+        jobs.append(models.encode(runtime.to_float(np.stack(ims))))
     results = iter(await asyncio.gather(*jobs))
     return next(results) if zs else None, next(results) if ims else None
 
@@ -285,7 +240,7 @@ async def predict(parsed, models: Models):
 def render(parsed, results) -> bytes:
     """{"predictions": [...]} in request order, as JSON bytes (PNG encoding included: a parse thread's work)."""
     images, encoded = results
-    images = iter(() if images is None else images)
+    images = iter(() if images is None else pictures.to_uint8(images))
     if encoded is not None:
         z, err = encoded
         encoded = zip(np.round(np.asarray(z, dtype=np.float64), 6).tolist(), np.asarray(err).tolist())
@@ -297,18 +252,6 @@ def render(parsed, results) -> bytes:
             zz, e = next(encoded)
             preds.append({"key": key, "embeddings": zz, "reconstruction_mse": float(e)})
     return orjson.dumps({"predictions": preds})
-
-
-class JSONResponse(Response):
-    """orjson: 5-10x faster than json.dumps on the predictions (the event loop's time is the server's)."""
-    media_type = "application/json"
-
-    def render(self, content) -> bytes:
-        return content if isinstance(content, bytes) else orjson.dumps(content)   # bytes: rendered off the loop
-
-
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
 
 
 class APIKeyCheck:
@@ -328,50 +271,52 @@ class APIKeyCheck:
         await self.app(scope, receive, send)
 
 
-def timed_out(what: str, seconds: float) -> JSONResponse:
-    return error(504, f"{what} took longer than {seconds:g} s")
+def create_app(models, s: Settings) -> FastAPI:
+    """The app over `models`: a Models, or a function that loads one (called in a thread at startup, so
+    that the port answers liveness while the models load; model routes answer 503 until they are ready)."""
+    life = Lifecycle(None if callable(models) else models)
+    metrics = ServerMetrics()
 
+    @asynccontextmanager
+    async def lifespan(app):
+        if callable(models):
+            life.load_in_background(lambda: watched(models()))
+        yield
 
-def create_app(models: Models, s: Settings) -> FastAPI:
-    app = FastAPI(title="DCGAN generator", docs_url=None, redoc_url=None)
-    if s.api_key:   # the page is open: it holds no data, and it is what asks a person for the key
-        app.add_middleware(APIKeyCheck, key=s.api_key, open_paths={"/healthz", "/"})
+    def watched(m: Models) -> Models:
+        metrics.watch(s.name, m.g_batcher)
+        if m.e_batcher is not None:
+            metrics.watch(v2.ENCODER, m.e_batcher)
+        return m
+
+    if not callable(models):
+        watched(models)
+    app = FastAPI(title="DCGAN generator", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.life, app.state.metrics = life, metrics
+    if s.api_key:   # open: the page (it holds no data, and asks a person for the key) and the health probes
+        app.add_middleware(APIKeyCheck, key=s.api_key, open_paths=OPEN_PATHS)
+    app.add_middleware(Drain, life=life)
+    app.add_middleware(Observe, metrics=metrics, routes=lambda: app.router.routes)
+
+    @app.exception_handler(NotReady)
+    async def not_ready(request: Request, e: NotReady):
+        return error(503, str(e))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception):  # a bug answers 500 and the server stays up
         return error(500, f"internal error ({type(e).__name__})")
 
-    async def read_body(request: Request) -> bytes:
-        """The body, at most max_body_bytes (TooLarge) and in full within body_timeout_s (TimeoutError):
-        uvicorn has no read timeout of its own, and a body trickled byte by byte would hold the request."""
-        length = request.headers.get("content-length")
-        if length is not None and length.isascii() and length.isdigit() and int(length) > s.max_body_bytes:
-            raise TooLarge
-
-        async def read() -> bytes:
-            chunks, size = [], 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > s.max_body_bytes:
-                    raise TooLarge
-                chunks.append(chunk)
-            return b"".join(chunks)
-        return await asyncio.wait_for(read(), s.body_timeout_s)
-
     async def answer(body: bytes) -> bytes:
-        parsed = await models.off_loop(parse_instances, body, models, s)
-        results = await predict(parsed, models)
-        return await models.off_loop(render, parsed, results)
+        m = life.models
+        parsed = await m.off_loop(parse_instances, body, m, s)
+        results = await predict(parsed, m)
+        return await m.off_loop(render, parsed, results)
 
     @app.post(f"/v1/models/{s.name}:predict")
     async def predict_route(request: Request):
-        try:
-            body = await read_body(request)
-        except TooLarge:
-            return error(413, f"body over {s.max_body_bytes} bytes: send fewer or smaller instances per request")
-        except asyncio.TimeoutError:   # the rest of the body: the server's protocol drops it, then closes
-            return error(504, f"the body did not arrive in full within {s.body_timeout_s:g} s")
+        life.models   # 503 while loading, before the body is read
         try:   # the time limit covers parsing and decoding too: they run in threads, the loop only waits
+            body = await read_body(request, s.max_body_bytes, s.body_timeout_s)
             return JSONResponse(await asyncio.wait_for(answer(body), s.timeout_s))
         except BadRequest as e:
             return error(e.status, str(e))
@@ -380,48 +325,62 @@ def create_app(models: Models, s: Settings) -> FastAPI:
 
     @app.get(f"/v1/models/{s.name}")
     async def metadata():
-        return {"name": s.name, "version": s.version, "ready": True, "nz": models.nz,
-                "image_size": models.size, "channels": models.channels, "encoder": models.E is not None,
-                "invert_steps": s.invert_steps if models.differentiable else 0, **s.extra}
+        m = life.models
+        return {"name": s.name, "version": s.version, "ready": life.ready, "nz": m.nz,
+                "image_size": m.size, "channels": m.channels, "encoder": m.E is not None,
+                "invert_steps": s.invert_steps if m.differentiable else 0, **s.extra}
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "model_calls": models.g_batcher.calls + (models.e_batcher.calls if models.e_batcher else 0)}
+        if not life.ready:
+            return error(503, "loading" if not life.draining else "shutting down")
+        m = life.models
+        return {"status": "ok", "model_calls": m.g_batcher.calls + (m.e_batcher.calls if m.e_batcher else 0)}
+
+    @app.get("/metrics")
+    async def metrics_route():
+        return Response(metrics.exposition(), media_type=metrics.content_type)
+
+    v2.add_routes(app, life, s)
 
     def _int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
         v = request.query_params.get(name, str(default))
         # ASCII digits only, and few: int() takes other scripts' digits and whitespace, and refuses over 4300
         if not re.fullmatch(r"[+-]?[0-9]{1,19}", v):
-            raise BadRequest(f"'{name}' must be an integer in [{lo}, {hi}], got {_show(v)}")
+            raise BadRequest(f"'{name}' must be an integer in [{lo}, {hi}], got {show(v)}")
         n = int(v)
         if not lo <= n <= hi:
             raise BadRequest(f"'{name}' must be in [{lo}, {hi}], got {n}")
         return n
 
     def _grid(images: np.ndarray) -> bytes:
+        images = pictures.to_uint8(images)
         if len(images) == 1:
             return pictures.png_bytes(images[0])
         buf = io.BytesIO()
         pictures.grid(images, nrow=min(len(images), 8)).save(buf, format="PNG")
         return buf.getvalue()
 
-    async def generate_png(z: torch.Tensor) -> bytes:
-        return await models.off_loop(_grid, await models.g_batcher.submit(z))
+    async def generate_png(z: np.ndarray) -> bytes:
+        m = life.models
+        return await m.off_loop(_grid, await m.generate(z))
 
     @app.get("/sample")
     async def sample(request: Request):
+        nz = life.models.nz
         try:
             n, seed = _int(request, "n", 16, 1, 256), _int(request, "seed", 0, 0, 2**31 - 1)
         except BadRequest as e:
             return error(400, str(e))
         try:
-            png = await asyncio.wait_for(generate_png(generation.noise(n, models.nz, seed)), s.timeout_s)
+            png = await asyncio.wait_for(generate_png(runtime.noise(n, nz, seed)), s.timeout_s)
         except asyncio.TimeoutError:
             return timed_out(f"the sample of {n}", s.timeout_s)
         return Response(png, media_type="image/png")
 
     @app.get("/interpolate")
     async def interpolate(request: Request):
+        nz = life.models.nz
         try:
             a, b = _int(request, "a", 0, 0, 2**31 - 1), _int(request, "b", 1, 0, 2**31 - 1)
             v = request.query_params.get("t", "0.5")
@@ -431,10 +390,10 @@ def create_app(models: Models, s: Settings) -> FastAPI:
         except BadRequest as e:
             return error(400, str(e))
         except ValueError:
-            return error(400, f"'t' must be a number in [0, 1], got {_show(v)}")
-        z = generation.slerp(generation.noise(1, models.nz, a)[0], generation.noise(1, models.nz, b)[0], t)
+            return error(400, f"'t' must be a number in [0, 1], got {show(v)}")
+        z = runtime.slerp(runtime.noise(1, nz, a)[0], runtime.noise(1, nz, b)[0], t)
         try:
-            png = await asyncio.wait_for(generate_png(z[None].float()), s.timeout_s)
+            png = await asyncio.wait_for(generate_png(z[None]), s.timeout_s)
         except asyncio.TimeoutError:
             return timed_out("the interpolation", s.timeout_s)
         return Response(png, media_type="image/png")

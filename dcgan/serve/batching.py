@@ -14,21 +14,23 @@ model, so requests keep arriving (and being parsed) while batches run.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 
 
 class ModelThreads:
     """`n` threads that run model calls, each with `torch_threads` intra-op threads (thread-local: the
     process's other threads keep theirs). On few cores, n single-threaded calls side by side beat one
-    call spread over all cores: no core waits at the end of each op for the slowest one."""
+    call spread over all cores: no core waits at the end of each op for the slowest one. torch_threads is
+    ignored when torch was never imported (an ONNX-only server: onnxruntime sets threads per session)."""
 
     def __init__(self, n: int = 1, torch_threads: int | None = None):
         self.n = n
-        init = (lambda: torch.set_num_threads(torch_threads)) if torch_threads else None
+        torch = sys.modules.get("torch")
+        init = (lambda: torch.set_num_threads(torch_threads)) if torch_threads and torch else None
         self.executor = ThreadPoolExecutor(n, thread_name_prefix="model", initializer=init)
         self._free: dict = {}
 
@@ -41,7 +43,8 @@ class ModelThreads:
 
 
 def _concat(parts):
-    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
+    torch = sys.modules.get("torch")   # tensors only where torch is loaded: the serving image has none
+    return torch.cat(parts) if torch and isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
 
 
 def _join(outs: list):
@@ -69,18 +72,21 @@ class Batcher:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.worker: asyncio.Task | None = None
         self.calls = self.rows = 0          # statistics: model calls made and rows they carried
+        self.queued = 0                     # rows waiting for a model call (the metrics' queue depth)
+        self.on_call = None                 # called with (rows, seconds) after each model call (metrics)
         self._running: set[asyncio.Task] = set()
 
     async def submit(self, rows):
         loop = asyncio.get_running_loop()
         if self.worker is None or self.worker.done() or self.loop is not loop:
             # first call, or a new event loop (test clients may run each request in their own)
-            self.loop, self.queue = loop, asyncio.Queue()
+            self.loop, self.queue, self.queued = loop, asyncio.Queue(), 0
             self.worker = loop.create_task(self._work())
         futs = []
         for a in range(0, len(rows), self.max_batch):
             futs.append(loop.create_future())
             self.queue.put_nowait((rows[a:a + self.max_batch], futs[-1], time.monotonic()))
+            self.queued += len(rows[a:a + self.max_batch])
         try:
             return _join(await asyncio.gather(*futs))
         except BaseException:     # a time limit, or a failed piece: the other pieces are not run or awaited
@@ -117,6 +123,7 @@ class Batcher:
             except BaseException:
                 free.release()
                 raise
+            self.queued -= n                         # `held` still waits: counted when it runs
             items = [(rows, fut) for rows, fut, _ in items if not fut.cancelled()]  # timed-out requests: skip
             if not items:
                 free.release()
@@ -128,7 +135,10 @@ class Batcher:
     async def _run(self, items, n: int, free: asyncio.Semaphore):
         loop = asyncio.get_running_loop()
         try:
-            out = await loop.run_in_executor(self.threads.executor, self.fn, _concat([r for r, _ in items]))
+            batch, t0 = _concat([r for r, _ in items]), time.perf_counter()
+            out = await loop.run_in_executor(self.threads.executor, self.fn, batch)
+            if self.on_call is not None:
+                self.on_call(len(batch), time.perf_counter() - t0)
             pieces = _split(out, [len(r) for r, _ in items])
         except Exception as e:  # noqa: BLE001 - every waiting request gets the error, the worker lives on
             for _, fut in items:
