@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup lock push pull report bench serve clean-venv storage-up storage-down storage-status
+.PHONY: run test setup lock push pull report bench serve image clean-venv storage-up storage-down storage-status
 
 # The virtual environment is rebuilt only when a requirements file or pyproject.toml changes. It holds exactly
 # requirements.lock (every package, transitive ones included, with hashes), so a clone runs the stack the tests
@@ -70,6 +70,13 @@ storage-status:
 # registry's prod version, ARGS="--model models/export/generator.onnx" an exported file.
 serve: setup
 	$(PY) -m dcgan.serve $(ARGS)
+
+# An OCI image of the server (podman, else docker) with a model version baked in, ONNX run by onnxruntime, no
+# torch (docs/deploy.md): the registry's prod generator and its encoder, or MODEL=generator@v0.1.0, or a file;
+# BASE=python:3.11-slim where an image registry is reachable (default: a Debian base made here by mmdebstrap).
+image: setup
+	$(PY) -m dcgan.serve.container $(if $(MODEL),--model $(MODEL)) $(if $(ENCODER),--encoder $(ENCODER)) \
+	    $(if $(BASE),--base $(BASE))
 
 test: setup
 	$(PY) -m pytest

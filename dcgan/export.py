@@ -16,6 +16,7 @@ from torch import nn
 
 from . import archs
 from .errors import brief
+from .onnx_net import OnnxNet
 from .files import atomic_path
 
 FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}
@@ -70,11 +71,9 @@ def export_all(model: nn.Module, out_dir: Path, name: str) -> list[Path]:
 
 class OnnxModel:
     """An ONNX file behind the interface of a torch module: float tensor in, float tensor out (CPU). The
-    file is run by the server's numpy runtime (dcgan.serve.runtime.OnnxNet), which needs no torch."""
+    file is run by OnnxNet (numpy in and out), as the serving image runs it without torch."""
 
     def __init__(self, path: Path, threads: int | None = None):
-        from .serve.runtime import OnnxNet
-
         self.net = OnnxNet(path, threads)
         self.session = self.net.session
 

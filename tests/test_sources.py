@@ -10,7 +10,8 @@ from dcgan import sources
 from dcgan.declared import stage_script as _script
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-TOOLS = ("stages/report.py", "dcgan/generate.py", "dcgan/declared.py", "dcgan/serve/__main__.py")
+TOOLS = ("stages/report.py", "dcgan/generate.py", "dcgan/declared.py", "dcgan/serve/__main__.py",
+         "dcgan/serve/container.py")
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))

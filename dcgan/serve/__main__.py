@@ -28,6 +28,7 @@ from .app import Models, Settings, create_app
 
 API_KEY_ENV = "DCGAN_API_KEY"
 PORT_ENV = ("PORT", "AIP_HTTP_PORT")
+VERSION_ENV = "DCGAN_MODEL_VERSION"   # set by the image to the version baked into it
 
 
 def is_loopback(host: str) -> bool:
@@ -284,8 +285,9 @@ def parser() -> argparse.ArgumentParser:
                     f"{API_KEY_ENV} must be set")
     ap.add_argument("--port", type=int, default=None,
                     help="the port to listen on; default $PORT (Cloud Run), else $AIP_HTTP_PORT (Vertex AI), else 8000")
-    ap.add_argument("--model-version", default=None,
-                    help="the version to report (V1 and V2 metadata); default the registry's, or the file's hash")
+    ap.add_argument("--model-version", default=os.environ.get(VERSION_ENV) or None,
+                    help=f"the version to report (V1 and V2 metadata; ${VERSION_ENV} in the image); default the "
+                         "registry's, or the file's hash")
     ap.add_argument("--max-batch", type=pos_int, default=64, help="rows per model call")
     ap.add_argument("--max-wait-ms", type=float, default=5.0,
                     help="how long a lone request on an idle server waits for others to share its model call")
@@ -321,6 +323,8 @@ def parser() -> argparse.ArgumentParser:
 def port(args) -> int:
     """--port, else $PORT (Cloud Run, Knative), else $AIP_HTTP_PORT (Vertex AI), else 8000."""
     if args.port is not None:
+        if not 0 <= args.port < 65536:   # uvicorn hangs on a port beyond 65535 (its OverflowError is lost)
+            raise UserError(f"--port must be a port number (1-65535, or 0: any free one), got {args.port}")
         return args.port
     for name in PORT_ENV:
         value = os.environ.get(name)
@@ -334,7 +338,8 @@ def port(args) -> int:
 class GracefulServer(uvicorn.Server):
     """uvicorn's server with the container engines' stop: the first SIGTERM drains (requests in flight finish,
     new ones get 503, readiness goes 503), and the process exits 0 once none is in flight; a second SIGTERM or
-    a SIGINT stops at once (uvicorn's own shutdown). A failed model load stops it too."""
+    a SIGINT starts uvicorn's own shutdown (no new connections; those in flight still get up to their time
+    limits). A failed model load stops it too."""
 
     def __init__(self, config: uvicorn.Config, life):
         super().__init__(config)

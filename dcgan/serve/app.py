@@ -49,8 +49,9 @@ PAGE = Path(__file__).with_name("page.html")
 # PIL warns of images over its own limit; the server judges sizes itself (max_pixels, max_request_pixels).
 # A filter for good, not warnings.catch_warnings, which is not thread-safe (parse threads run side by side).
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-# Open without the API key: probes of load balancers and engines (Kubernetes, KServe, Cloud Run), and the page
-OPEN_PATHS = {"/healthz", "/", "/v2/health/live", "/v2/health/ready"}
+# Open without the API key: the probes of load balancers and engines (Kubernetes, KServe, Cloud Run), and the page
+PROBES = frozenset({"/healthz", "/v2/health/live", "/v2/health/ready"})
+OPEN_PATHS = PROBES | {"/"}
 IMAGE_SIGNATURES = {b"\x89PNG": ".png", b"\xff\xd8\xff": ".jpg", b"GIF8": ".gif", b"BM": ".bmp", b"RIFF": ".webp"}
 
 
@@ -295,7 +296,7 @@ def create_app(models, s: Settings) -> FastAPI:
     app.state.life, app.state.metrics = life, metrics
     if s.api_key:   # open: the page (it holds no data, and asks a person for the key) and the health probes
         app.add_middleware(APIKeyCheck, key=s.api_key, open_paths=OPEN_PATHS)
-    app.add_middleware(Drain, life=life)
+    app.add_middleware(Drain, life=life, probes=PROBES)
     app.add_middleware(Observe, metrics=metrics, routes=lambda: app.router.routes)
 
     @app.exception_handler(NotReady)

@@ -61,15 +61,16 @@ async def _refuse(send, status: int, message: str) -> None:
 
 
 class Drain:
-    """Counts the requests in flight; while draining answers new ones 503 (the connection then closes)."""
+    """Counts the requests in flight; while draining answers new ones 503 (the connection then closes), but
+    for the health probes: liveness stays 200 and readiness answers 503 itself."""
 
-    def __init__(self, app, life: Lifecycle):
-        self.app, self.life = app, life
+    def __init__(self, app, life: Lifecycle, probes: frozenset = frozenset()):
+        self.app, self.life, self.probes = app, life, probes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if self.life.draining:
+        if self.life.draining and scope["path"] not in self.probes:
             return await _refuse(send, 503, "the server is shutting down: send the request to another replica")
         self.life.in_flight += 1
         try:

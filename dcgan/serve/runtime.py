@@ -2,8 +2,8 @@
 
 A generator maps latents (N, nz) float32 to images (N, C, H, W) float32 in [-1, 1]; an encoder maps such
 images to latents. Two runtimes:
-- OnnxNet: an exported .onnx file run by onnxruntime, with numpy alone. The serving image carries only
-  this one: no torch (docs/deploy.md).
+- OnnxNet (dcgan/onnx_net.py): an exported .onnx file run by onnxruntime, with numpy alone. The serving
+  image carries only this one: no torch (docs/deploy.md).
 - TorchNet: a torch module (.pt, TorchScript, or a module a test builds); torch is imported only here.
   An eager module can also refine inversions by gradient steps (Settings.invert_steps).
 The server's seeded noise is numpy's, so that /sample?seed=3 draws the same picture from both runtimes.
@@ -14,35 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import brief
-
-
-class OnnxNet:
-    """An ONNX file, CPU, float32 in and out. threads: onnxruntime's intra-op threads (1: the calling thread)."""
-    differentiable = False
-
-    def __init__(self, path: Path | str, threads: int | None = None):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - not ONNX, truncated, an unknown op
-            raise ValueError(f"'{path}' is not an ONNX model ({brief(e)})") from None
-        self.input = self.session.get_inputs()[0].name
-        shape = self.session.get_inputs()[0].shape
-        if len(shape) == 2:   # kind and sizes from the graph's input shape and one probe
-            out = self(np.zeros((1, shape[1]), np.float32))
-            self.kind, self.config = "generator", {"nz": shape[1], "channels": out.shape[1], "image_size": out.shape[2]}
-        else:
-            out = self(np.zeros((1, *shape[1:]), np.float32))
-            self.kind, self.config = "encoder", {"nz": out.shape[1], "channels": shape[1], "image_size": shape[2]}
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {self.input: np.ascontiguousarray(x, np.float32)})[0])
+from ..onnx_net import OnnxNet
 
 
 class TorchNet:

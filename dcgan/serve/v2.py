@@ -92,7 +92,9 @@ def _array(inp: dict, where: str, datatype: str, shape: list, binary: bytes | No
         raise BadRequest(f"{where}: 'data' holds a value that is not a finite float32 (NaN, inf or beyond +-3.4e38)")
     if datatype == "UINT8" and arr.size and (arr.min() < 0 or arr.max() > 255):
         raise BadRequest(f"{where}: 'data' holds a value outside UINT8's [0, 255]")
-    return arr.reshape(shape)
+    # the declared datatype, also for JSON data (parsed as int64/float64): the encoder route tells UINT8
+    # images (0-255, scaled to [-1, 1]) from FP32 ones by the array's dtype
+    return arr.astype(DTYPES[datatype], copy=False).reshape(shape)
 
 
 def parse_request(body: bytes, json_length: int | None, inputs: dict, outputs: dict, max_rows: int):
@@ -215,7 +217,7 @@ def add_routes(app: FastAPI, life, s) -> None:
 
     async def metadata(request: Request, name: str, version: str | None):
         m, (inputs, outputs) = model(name, version)
-        platform = "onnxruntime_onnx" if isinstance(m.G, runtime.OnnxNet) else "pytorch_torchscript"
+        platform = "onnxruntime_onnx" if isinstance(m.G, runtime.OnnxNet) else "pytorch"
         return {"name": name, "versions": [s.version], "platform": platform,
                 "inputs": _tensor_meta(inputs), "outputs": _tensor_meta(outputs)}
 
