@@ -5,6 +5,7 @@ and one probe, so an ONNX file needs nothing beside it.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,11 @@ class OnnxNet:
     differentiable = False
 
     def __init__(self, path: Path | str, threads: int | None = None):
+        # onnxruntime 1.29+ sends usage telemetry to Microsoft from Linux too (and warns when it cannot store a
+        # device id); a model server should not call out. Off, unless ORT_DISABLE_TELEMETRY is already set.
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         import onnxruntime as ort
 
-        ort.set_default_logger_severity(3)   # errors only: not its telemetry's warning in a read-only container
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
