@@ -57,6 +57,8 @@ class Settings:
     background: str
     max_image_pixels: int
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    crop_fraction: float | None = None   # resize: random (the param's value)
+    seed: int = 0                        # resize: random: with each file's content hash, where its crop falls
 
 
 def _ignored(name: str) -> bool:
@@ -298,7 +300,7 @@ def _load_one(name: str):
     digest = hashlib.sha256(data).hexdigest()
     try:
         arr = decode(data, PurePosixPath(name).suffix, s.channels, s.image_size, s.resize, s.background,
-                     s.max_image_pixels)
+                     s.max_image_pixels, s.crop_fraction, f"{s.seed}:{digest}")
     except BadImage as e:
         return name, digest, None, str(e)
     return name, digest, arr, None

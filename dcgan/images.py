@@ -4,6 +4,7 @@ Every failure is a `BadImage` whose message is the reason shown in the manifest'
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import warnings
@@ -40,8 +41,8 @@ class BadImage(Exception):
 
 
 def decode(data: bytes, ext: str, channels: int, size: int, resize: str, background: str,
-           max_pixels: int) -> np.ndarray:
-    """Bytes of one file -> uint8 array (channels, size, size)."""
+           max_pixels: int, crop_fraction: float | None = None, crop_key: str = "") -> np.ndarray:
+    """Bytes of one file -> uint8 array (channels, size, size). resize 'random': see random_square."""
     if not data:
         raise BadImage("empty file (0 bytes)")
     expected = EXTENSION_FORMATS.get(ext.lower())
@@ -66,7 +67,7 @@ def decode(data: bytes, ext: str, channels: int, size: int, resize: str, backgro
         pass
     try:
         im = to_mode(im, channels, background)
-        im = fit(im, size, resize, background)
+        im = fit(im, size, resize, background, crop_fraction, crop_key)
     except Exception as e:  # noqa: BLE001 - an exotic mode PIL cannot convert is one bad file, not a crash
         raise BadImage(f"cannot convert {im.mode} {w}x{h} image: {e}") from None
     arr = np.asarray(im, dtype=np.uint8)
@@ -172,12 +173,27 @@ def _over_background(im: Image.Image, bg: tuple) -> Image.Image:
     return out
 
 
-def fit(im: Image.Image, size: int, resize: str, background: str) -> Image.Image:
-    """Center-crop (`crop`) or letterbox (`pad`) to a size x size square, antialiased."""
+def random_square(w: int, h: int, fraction: float, key: str) -> tuple[int, int, int]:
+    """(left, top, side) of a square of `fraction` of the short side, placed at random by `key` alone (the
+    seed and the file's content hash: the same file always gets the same crop, whatever else is in the source)."""
+    side = max(1, round(fraction * min(w, h)))
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+    return int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1)), side
+
+
+def fit(im: Image.Image, size: int, resize: str, background: str, crop_fraction: float | None = None,
+        crop_key: str = "") -> Image.Image:
+    """Center-crop (`crop`), letterbox (`pad`) or crop a random square (`random`, random_square) to a size x
+    size square, antialiased."""
     w, h = im.size
-    if resize == "crop":
-        side = min(w, h)
-        left, top = (w - side) // 2, (h - side) // 2
+    if resize in ("crop", "random"):
+        if resize == "crop":
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+        elif crop_fraction is None:
+            raise ValueError("resize 'random' needs a crop_fraction (the param's)")
+        else:
+            left, top, side = random_square(w, h, crop_fraction, crop_key)
         im = im.crop((left, top, left + side, top + side))
         if side != size:
             im = im.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
@@ -191,4 +207,4 @@ def fit(im: Image.Image, size: int, resize: str, background: str) -> Image.Image
         canvas = Image.new(im.mode, (size, size), fill if im.mode == "RGB" else ImageColor.getcolor(background, "L"))
         canvas.paste(im, ((size - nw) // 2, (size - nh) // 2))
         return canvas
-    raise ValueError(f"resize must be 'crop' or 'pad', not {resize!r}")
+    raise ValueError(f"resize must be 'crop', 'pad' or 'random', not {resize!r}")

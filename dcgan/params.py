@@ -143,8 +143,11 @@ _SECTIONS: list[tuple[str, list[tuple]]] = [
         ("image_size", int, 32, "side of the square training images in pixels, 16-512; any size, e.g. 120 "
          "for 120x120 sprites", ("prepare",), True, between(16, 512)),
         ("channels", int, 1, "1 (grayscale) or 3 (RGB)", ("prepare",), True, one_of(1, 3)),
-        ("resize", str, "crop", "crop: center-crop then resize; pad: fit inside and pad with background",
-         ("prepare",), True, one_of("crop", "pad")),
+        ("resize", str, "crop", "crop: center-crop then resize; pad: fit inside and pad with background; random: "
+         "a random square of crop_fraction of the short side (seeded by seed and the file's content)",
+         ("prepare",), True, one_of("crop", "pad", "random")),
+        ("crop_fraction", float, 0.75, "resize: random: the crop's side as a share of the image's short side",
+         ("prepare",), True, between(0, 1, lo_open=True)),
         ("background", str, "white", "colour that transparency is composited over and padding is filled with "
          "(a name or '#rrggbb')", ("prepare",), True, colour),
         ("val_fraction", float, 0.1, "share of images held out for validation (the overfitting signal d_val)",
@@ -174,8 +177,8 @@ _SECTIONS: list[tuple[str, list[tuple]]] = [
          between(0, 1, lo_open=True)),
         ("beta1", float, 0.5, "Adam beta1 (0.5 in the DCGAN paper)", ("train",), True, between(0, 1, hi_open=True)),
         ("beta2", float, 0.999, "Adam beta2", ("train",), True, between(0, 1, hi_open=True)),
-        ("seed", int, 0, "seed of weights, shuffling and noise (and of the encoder and evaluate stages)",
-         ("train", "encoder", "evaluate"), True, between(0, MAX_SEED)),
+        ("seed", int, 0, "seed of weights, shuffling and noise (and of the encoder and evaluate stages, and of "
+         "prepare's random crops)", ("prepare", "train", "encoder", "evaluate"), True, between(0, MAX_SEED)),
         ("device", str, "auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
          ("train", "encoder", "generate", "evaluate"), False, device_name),
         ("precision", str, "auto", "auto (the fastest measured for the device), fp32, or bf16 autocast",

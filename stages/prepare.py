@@ -18,7 +18,7 @@ def main():
         ap.error(f"--workers must be at least 1, not {args.workers}")
     p = params.load("prepare", args.params)
     settings = data.Settings(p["image_size"], p["channels"], p["resize"], p["background"], p["max_image_pixels"],
-                             p["max_file_bytes"])
+                             p["max_file_bytes"], p["crop_fraction"], p["seed"])
     t0 = time.perf_counter()
     manifest = data.prepare(Path(p["source"]).expanduser(), args.out, settings, p["val_fraction"],
                             p["test_fraction"], p["max_skipped_fraction"], p, workers=args.workers)

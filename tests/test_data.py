@@ -653,3 +653,26 @@ def test_load_split_errors_are_one_line_naming_the_file(tmp_path, kind, words):
     assert str(path) in msg and "\n" not in msg, msg
     for w in words:
         assert w in msg, msg
+
+
+def test_random_crops_follow_seed_and_content_so_adding_files_moves_no_other_crop(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        noise_image(i, (80, 50)).save(src / f"a{i}.png")
+    settings = data.Settings(32, 3, "random", "white", MAX_PIXELS, crop_fraction=0.6, seed=7)
+
+    def rows(out):
+        m = json.loads((out / "manifest.json").read_text())
+        return {name: data.load_split(out, info["split"])[info["row"]].copy() for name, info in m["files"].items()}
+    run(src, tmp_path / "one", val=0.0, test=0.0, settings=settings)
+    before = rows(tmp_path / "one")
+    for i in range(4, 7):                                     # more images: the first four keep their crops
+        noise_image(i, (80, 50)).save(src / f"a{i}.png")
+    run(src, tmp_path / "two", val=0.0, test=0.0, settings=settings)
+    after = rows(tmp_path / "two")
+    assert len(after) == 7 and all(np.array_equal(before[k], after[k]) for k in before)
+    other = data.Settings(32, 3, "random", "white", MAX_PIXELS, crop_fraction=0.6, seed=8)
+    run(src, tmp_path / "three", val=0.0, test=0.0, settings=other)
+    moved = rows(tmp_path / "three")
+    assert sum(not np.array_equal(after[k], moved[k]) for k in after) >= 5   # another seed, other crops

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from dcgan import data
-from dcgan.images import decode
+from dcgan.images import BadImage, decode
 
 MAX_PIXELS = 89478485
 
@@ -312,3 +312,28 @@ def test_upper_case_extensions_and_odd_names(tmp_path):
     for name, (colour, _) in names.items():
         row = train[m["files"][name]["row"]].astype(int)
         assert np.all(np.abs(row[:, 16, 16] - colour) <= 8), (name, row[:, 16, 16])
+
+
+def test_random_crop_is_a_square_of_the_fraction_placed_by_the_key_alone(tmp_path):
+    """resize: random: a square of crop_fraction of the short side; where it falls depends on the key (seed and
+    content hash) only, so the same file gets the same crop on every run, and another seed another crop."""
+    from dcgan.images import random_square
+
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(rng.integers(0, 256, (60, 100, 3), dtype=np.uint8))   # 100 wide, 60 high
+    path = write(tmp_path, "r.png", im)
+    raw = path.read_bytes()
+
+    def crop(key, fraction=0.75):
+        return decode(raw, ".png", 3, 45, "random", "white", MAX_PIXELS, fraction, key)
+    assert np.array_equal(crop("0:abc"), crop("0:abc"))
+    left, top, side = random_square(100, 60, 0.75, "0:abc")
+    assert side == 45 and 0 <= left <= 55 and 0 <= top <= 15
+    # at the crop's own size no resampling happens: the array is exactly the pixels of that square
+    assert np.array_equal(crop("0:abc"), np.asarray(im)[top:top + 45, left:left + 45].transpose(2, 0, 1))
+    places = {random_square(100, 60, 0.75, f"{seed}:abc")[:2] for seed in range(20)}
+    assert len(places) > 10                                   # the seed moves it
+    left, top, side = random_square(100, 60, 1.0, "k")      # the whole short side: only along the long one
+    assert side == 60 and top == 0 and 0 <= left <= 40
+    with pytest.raises(BadImage):                              # no fraction given: one line, not a crash
+        decode(raw, ".png", 3, 45, "random", "white", MAX_PIXELS)

@@ -61,8 +61,12 @@ PREPARE_CASES = [
     ("channels", 2, "must be one of 1, 3"),
     ("channels", 4, "must be one of 1, 3"),
     ("channels", "3", "must be an int"),
-    ("resize", "stretch", "must be one of 'crop', 'pad'"),
+    ("resize", "stretch", "must be one of 'crop', 'pad', 'random'"),
     ("resize", 1, "must be a str"),
+    ("crop_fraction", 0, "must be in (0, 1]"),
+    ("crop_fraction", 1.5, "must be in (0, 1]"),
+    ("crop_fraction", "3/4", "must be a float"),
+    ("seed", -1, "must be in [0, "),
     ("background", "notacolour", "colour name or hex code"),
     ("background", "#ggg", "colour name or hex code"),
     ("background", 255, "must be a str"),
@@ -98,7 +102,8 @@ def test_every_prepare_key_has_a_case():
 
 @pytest.mark.parametrize("key, value", [
     ("image_size", 16), ("image_size", 17), ("image_size", 64), ("image_size", 120), ("image_size", 512),
-    ("channels", 1), ("channels", 3), ("resize", "crop"), ("resize", "pad"),
+    ("channels", 1), ("channels", 3), ("resize", "crop"), ("resize", "pad"), ("resize", "random"),
+    ("crop_fraction", 0.75), ("crop_fraction", 1.0),
     ("background", "#ff8800"), ("background", "black"), ("val_fraction", 0), ("val_fraction", 0.5),
     ("test_fraction", 0.0), ("max_skipped_fraction", 0), ("max_skipped_fraction", 1), ("max_image_pixels", 1),
 ])
