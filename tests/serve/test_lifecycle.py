@@ -17,28 +17,20 @@ import time
 
 import httpx
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from conftest import ROOT, free_port
-from dcgan.archs.dcgan import Encoder, Generator, init_weights
 from dcgan.errors import UserError
 from dcgan.model import save
 from dcgan.serve import __main__ as serve_main
 from dcgan.serve.app import Models, Settings, create_app
+from serve.common import NZ, Gated, tiny_models
 
-NZ, SIZE = 16, 32
 PREDICT = "/v1/models/generator:predict"
 BODY = {"instances": [{"z": [0.1] * NZ, "key": "k"}]}
 V2_BODY = {"inputs": [{"name": "z", "datatype": "FP32", "shape": [1, NZ], "data": [0.1] * NZ}]}
 SHUTTING_DOWN = "the server is shutting down: send the request to another replica"
 
-
-def tiny_models():
-    torch.manual_seed(0)
-    G = Generator(SIZE, 1, NZ, 8).apply(init_weights).eval()
-    E = Encoder(SIZE, 1, NZ, 8).apply(init_weights).eval()
-    return G, E
 
 
 def until(check, seconds: float = 10.0):
@@ -114,19 +106,6 @@ def test_a_loader_that_fails_leaves_its_reason_and_tells_on_failure(exc, message
 
 
 # --- draining, in process ---------------------------------------------------------------------------------
-
-class Gated(torch.nn.Module):
-    """The generator, but each call first says it started and waits until the test lets it go on."""
-
-    def __init__(self, G):
-        super().__init__()
-        self.G, self.config = G, G.config
-        self.entered, self.release = threading.Event(), threading.Event()
-
-    def forward(self, z):
-        self.entered.set()
-        assert self.release.wait(10), "the test never released the model"
-        return self.G(z)
 
 
 def test_draining_refuses_new_requests_and_lets_those_in_flight_finish():

@@ -5,27 +5,18 @@ observation per request, rows and time of each model call per model (the row sum
 batching made), the rows waiting for a model call (a gauge: 0 when idle, the waiting rows while the model
 thread is busy) and the requests in flight."""
 import asyncio
-import threading
 
 import httpx
 import numpy as np
-import torch
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from dcgan.archs.dcgan import Encoder, Generator, init_weights
 from dcgan.serve.app import Models, Settings, create_app
+from serve.common import NZ, SIZE, Gated, tiny_models
 
-NZ, SIZE = 16, 32
 PREDICT = "/v1/models/generator:predict"
 V2_INFER = "/v2/models/{name}/infer"
 
-
-def tiny_models():
-    torch.manual_seed(0)
-    G = Generator(SIZE, 1, NZ, 8).apply(init_weights).eval()
-    E = Encoder(SIZE, 1, NZ, 8).apply(init_weights).eval()
-    return G, E
 
 
 def samples(text: str) -> list:
@@ -119,19 +110,6 @@ def test_metrics_without_an_api_key_and_before_any_model_call():
         assert value(found, "dcgan_batch_rows_count", model=model) == 0
         assert value(found, "dcgan_queue_rows", model=model) == 0
 
-
-class Gated(torch.nn.Module):
-    """The generator, but each call first says it started and waits until the test lets it go on."""
-
-    def __init__(self, G):
-        super().__init__()
-        self.G, self.config = G, G.config
-        self.entered, self.release = threading.Event(), threading.Event()
-
-    def forward(self, z):
-        self.entered.set()
-        assert self.release.wait(10), "the test never released the model"
-        return self.G(z)
 
 
 def test_queue_rows_count_the_rows_waiting_while_the_model_thread_is_busy():

@@ -18,21 +18,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from dcgan import pictures
-from dcgan.archs.dcgan import Encoder, Generator, init_weights
 from dcgan.serve import runtime
 from dcgan.serve.app import Models, Settings, create_app
+from serve.common import NZ, SIZE, tiny_models
 
-NZ, SIZE = 16, 32
 IMAGE = [1, SIZE, SIZE]            # channels, height, width of the tiny models
 INFER = "/v2/models/generator/infer"
 ENCODE = "/v2/models/encoder/infer"
 
-
-def tiny_models():
-    torch.manual_seed(0)
-    G = Generator(SIZE, 1, NZ, 8).apply(init_weights).eval()
-    E = Encoder(SIZE, 1, NZ, 8).apply(init_weights).eval()
-    return G, E
 
 
 def make_client(encoder: bool = True, **settings) -> TestClient:
