@@ -162,12 +162,14 @@ async def load(url: str, args) -> tuple[list, list, list, float]:
 class Target:
     """A server to load: started, its URL, the pid whose memory is measured, stopped."""
 
-    def __init__(self, label: str, cmd: list[str], port: int, pid_of=None, stop=None, env=None):
-        self.label, self.cmd, self.port, self.env = label, cmd, port, env
+    def __init__(self, label: str, cmd: list[str], port: int, pid_of=None, stop=None):
+        self.label, self.cmd, self.port = label, cmd, port
         self.pid_of, self.stop_cmd, self.proc = pid_of, stop, None
 
     def start(self) -> str:
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env)
+        # the clients send a key; a DCGAN_API_KEY of the caller's shell would turn every answer into a 401
+        env = {k: v for k, v in os.environ.items() if k != "DCGAN_API_KEY"}
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=env)
         base = f"http://127.0.0.1:{self.port}"
         for _ in range(1200):
             try:
@@ -175,7 +177,7 @@ class Target:
                     return base
             except httpx.HTTPError:
                 pass
-            if self.proc.poll() is not None and self.pid_of is None:
+            if self.proc.poll() is not None:   # the server, or `podman run` with its container, ended
                 raise SystemExit(f"{self.label}: the server exited {self.proc.returncode}")
             time.sleep(0.1)
         raise SystemExit(f"{self.label}: not ready after 120 s")

@@ -28,7 +28,9 @@ from .app import Models, Settings, create_app
 
 API_KEY_ENV = "DCGAN_API_KEY"
 PORT_ENV = ("PORT", "AIP_HTTP_PORT")
-VERSION_ENV = "DCGAN_MODEL_VERSION"   # set by the image to the version baked into it
+# What the serving image bakes in (deploy/Containerfile): the model files and their versions
+MODEL_ENV, ENCODER_ENV = "DCGAN_MODEL", "DCGAN_ENCODER"
+VERSION_ENV, ENCODER_VERSION_ENV = "DCGAN_MODEL_VERSION", "DCGAN_ENCODER_VERSION"
 
 
 def is_loopback(host: str) -> bool:
@@ -38,11 +40,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def resolve(spec: str, stage: str | None, repo: str) -> tuple[Path, str]:
-    """A model spec -> (local file, version); registry versions are fetched here, before the port is bound."""
-    return registry.resolve(spec, stage, repo)
 
 
 def load(path: Path, spec: str, want: str, threads: int | None = None):
@@ -90,7 +87,7 @@ def model_files(args, s: Settings) -> tuple:
     """-> (generator spec, file; encoder spec, file or None), fetched from the registry when named so; sets
     the versions in s. Quick: runs before the port is bound, so a wrong name stops the server at once."""
     g_spec = args.model or registry.default_generator()
-    g_path, s.version = resolve(g_spec, args.stage, args.repo)
+    g_path, s.version = registry.resolve(g_spec, args.stage, args.repo)
     if args.model_version:
         s.version = args.model_version
     s.extra["model_file"] = str(g_path)
@@ -98,9 +95,9 @@ def model_files(args, s: Settings) -> tuple:
     e_path = None
     if enc_spec != "none":
         if Path(enc_spec).exists() or registry.is_artifact_spec(enc_spec, None):
-            e_path, s.extra["encoder_version"] = resolve(enc_spec, None, args.repo)
-            if args.model_version:
-                s.extra["encoder_version"] = args.model_version
+            e_path, s.extra["encoder_version"] = registry.resolve(enc_spec, None, args.repo)
+            if args.encoder_version:
+                s.extra["encoder_version"] = args.encoder_version
         else:
             print(f"{enc_spec} not found: image -> embedding is off (dvc repro encoder)", file=sys.stderr)
     return g_spec, g_path, enc_spec, e_path
@@ -275,9 +272,10 @@ class HelpFormat(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 def parser() -> argparse.ArgumentParser:
     pos_int, pos_float = _positive(int), _positive(float)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormat)
-    ap.add_argument("--model", default=None, help="a file (.pt, .ts, .onnx), name@version, or a name with --stage")
+    ap.add_argument("--model", default=os.environ.get(MODEL_ENV) or None,
+                    help=f"a file (.pt, .ts, .onnx), name@version, or a name with --stage (${MODEL_ENV} in the image)")
     ap.add_argument("--stage", default=None, help="registry stage, e.g. prod")
-    ap.add_argument("--encoder", default=None,
+    ap.add_argument("--encoder", default=os.environ.get(ENCODER_ENV) or None,
                     help="a file or name@version; 'none' = no encoder; by default the encoder registered with a "
                          "registry generator (its commit's), else models/encoder.pt")
     ap.add_argument("--repo", default=".", help="DVC repository (path or git URL) of the registry")
@@ -288,6 +286,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--model-version", default=os.environ.get(VERSION_ENV) or None,
                     help=f"the version to report (V1 and V2 metadata; ${VERSION_ENV} in the image); default the "
                          "registry's, or the file's hash")
+    ap.add_argument("--encoder-version", default=os.environ.get(ENCODER_VERSION_ENV) or None,
+                    help=f"the encoder's version to report (${ENCODER_VERSION_ENV} in the image); default the "
+                         "registry's, or the file's hash")
+    ap.add_argument("--check", action="store_true", help="load the models, say what runs them, and exit")
     ap.add_argument("--max-batch", type=pos_int, default=64, help="rows per model call")
     ap.add_argument("--max-wait-ms", type=float, default=5.0,
                     help="how long a lone request on an idle server waits for others to share its model call")
@@ -360,6 +362,12 @@ class GracefulServer(uvicorn.Server):
 
 def main():
     args = parser().parse_args()
+    if args.check:
+        models, s = build(args)
+        kinds = ", ".join(f"{what} {type(net).__name__}" for what, net in (("generator", models.G), ("encoder", models.E))
+                          if net is not None)
+        print(f"loaded {kinds} ({s.version}), " + ("with torch" if "torch" in sys.modules else "without torch"))
+        return
     s = settings(args)
     listen = port(args)
     files = model_files(args, s)

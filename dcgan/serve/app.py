@@ -1,19 +1,21 @@
-"""The HTTP app: the cloud-prediction JSON format over FastAPI.
+"""The HTTP app: the cloud-prediction JSON format (V1) and the Open Inference Protocol (V2, v2.py) over FastAPI.
 
 POST /v1/models/generator:predict   {"instances": [...]} -> {"predictions": [...]} in request order
     {"embeddings" (or "z"): [nz numbers], "key": "0"}  -> {"key", "image_bytes": {"b64": PNG}}
     {"image_bytes": {"b64": JPEG/PNG}, "key": "0"}     -> {"key", "embeddings", "reconstruction_mse"}
 GET  /v1/models/generator           {"name", "version", "ready", ...}
-GET  /healthz                       {"status": "ok"}
+GET  /healthz                       {"status": "ok"}; 503 while the models load or the server drains
+GET  /v2/...                        V2: health, metadata, infer (v2.py)
+GET  /metrics                       Prometheus metrics (metrics.py)
 GET  /sample?n=16&seed=0            a grid PNG;   GET /interpolate?a=1&b=2&t=0.5: one PNG between two seeds
 GET  /                              the page
 
 Bad input never takes the server down: 400 with {"error": "instance 3: ..."} naming the instance and the
 reason, 413 for a body, an instance count or images' total pixels over a limit, 504 for every time limit
 (the body's arrival, then parsing, decoding and the model), 401 without the API key when one is set
-(always when bound beyond loopback; the page and /healthz are open). The event loop only routes: bodies
-are parsed, images decoded and PNGs encoded in `parse_threads` threads, the models run in their own, so
-one request's work never stalls the others (or /healthz).
+(always when bound beyond loopback; the page and the health probes are open), 404/405 in the same shape.
+The event loop only routes: bodies are parsed, images decoded and PNGs encoded in `parse_threads` threads,
+the models run in their own, so one request's work never stalls the others (or the probes).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 
@@ -60,7 +63,7 @@ class Settings:
     max_batch: int = 64               # rows per model call
     max_wait_ms: float = 5.0          # how long the first request of a batch waits for others
     model_threads: int = 1            # model calls that run side by side
-    torch_threads: int | None = None  # intra-op threads of each model call (None: torch's default)
+    torch_threads: int | None = None  # intra-op threads of each model call, torch's or onnxruntime's (None: default)
     parse_threads: int = 2            # threads that parse bodies, decode images and encode PNGs
     max_body_bytes: int = 8 << 20     # larger bodies get 413
     max_instances: int = 256          # per request
@@ -276,7 +279,7 @@ def create_app(models, s: Settings) -> FastAPI:
     """The app over `models`: a Models, or a function that loads one (called in a thread at startup, so
     that the port answers liveness while the models load; model routes answer 503 until they are ready)."""
     life = Lifecycle(None if callable(models) else models)
-    metrics = ServerMetrics()
+    metrics = ServerMetrics(in_flight=lambda: life.in_flight)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -302,6 +305,10 @@ def create_app(models, s: Settings) -> FastAPI:
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, e: NotReady):
         return error(503, str(e))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def routing(request: Request, e: StarletteHTTPException):   # 404, 405: the protocols' error shape too
+        return error(e.status_code, f"{e.detail}: {request.method} {request.url.path[:200]}")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception):  # a bug answers 500 and the server stays up

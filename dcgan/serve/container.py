@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .. import cli
 from ..errors import UserError
+from ..shapes import encoder_misfit
 from . import registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,8 +39,8 @@ PYTHON = "3.11"   # the base's CPython: Debian 12's python3, python:3.11-slim
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_5_x86_64",
              "manylinux1_x86_64")
 WHEEL_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dcgan-image" / "wheels"
-# podman on these machines: crun fails on hybrid cgroups and setting RLIMIT_NOFILE needs explicit values
-# (../shared/notes/containers.md); harmless elsewhere
+# podman on machines with hybrid cgroups: crun fails there (so runc where installed), and setting RLIMIT_NOFILE
+# needs explicit values; harmless elsewhere (docs/deploy.md)
 PODMAN_FLAGS = ("--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096")
 
 
@@ -64,7 +65,7 @@ def run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
 
 def ensure_base(base: str, engine: list[str]) -> None:
     """The local Debian base, made with mmdebstrap when missing (~100 s); other bases are the engine's to pull."""
-    if base != LOCAL_BASE or subprocess.run([*engine, "image", "exists", base]).returncode == 0:
+    if base != LOCAL_BASE or subprocess.run([*engine, "image", "inspect", base], capture_output=True).returncode == 0:
         return
     if not shutil.which("mmdebstrap"):
         raise UserError(f"base image {base} is missing and mmdebstrap is not installed: `apt-get install mmdebstrap`, "
@@ -162,8 +163,11 @@ def download_wheels(dest: Path, cache: Path = WHEEL_CACHE) -> list[Path]:
     return wheels
 
 
-def model_file(path: Path, kind: str, dest: Path) -> Path:
-    """An ONNX file of the model at `path` in dest/: copied when it is one, exported when it is a .pt."""
+def model_file(path: Path, kind: str, dest: Path):
+    """An ONNX file of the model at `path` in dest/ (copied when it is one, exported when it is a .pt),
+    checked to hold a `kind`. -> its OnnxNet."""
+    from ..onnx_net import OnnxNet
+
     out = dest / f"{kind}.onnx"
     if path.suffix.lower() == ".onnx":
         shutil.copy2(path, out)
@@ -177,7 +181,13 @@ def model_file(path: Path, kind: str, dest: Path) -> Path:
         export.export_onnx(net, out)
     else:
         raise UserError(f"'{path}': the image takes a .pt (exported here) or an .onnx {kind}")
-    return out
+    try:
+        net = OnnxNet(out)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if net.kind != kind:
+        raise UserError(f"'{path}' holds a {net.kind}, not a {kind}")
+    return net
 
 
 def tag_for(version: str) -> str:
@@ -185,56 +195,63 @@ def tag_for(version: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", version)[:128].lstrip(".-") or "latest"
 
 
-def context(args, dest: Path) -> tuple[str, Path, Path | None]:
-    """The build context in dest: Containerfile, dcgan/, model/, wheels/, pip/. -> (version, generator, encoder)."""
+def version_at(path: Path, version: str) -> str:
+    """A stage's label (prod:abc1234) as the version tag of the same commit (v0.1.0) when there is one."""
+    entry = registry.RESOLVED.get(path)
+    if entry is None or ":" not in version:    # a file's hash (sha256:...) is not in RESOLVED
+        return version
+    r = subprocess.run(["git", "-C", entry.repo, "tag", "--points-at", entry.rev, "--list", f"{entry.name}@*"],
+                       capture_output=True, text=True)
+    tags = sorted(t.split("@", 1)[1] for t in r.stdout.split() if "#" not in t) if r.returncode == 0 else []
+    return tags[-1] if tags else version
+
+
+def context(args, dest: Path) -> dict:
+    """The build context in dest: Containerfile, dcgan/, model/, wheels/, pip/. -> the build args and what
+    went in: {"VERSION", "ENCODER", "ENCODER_VERSION", "generator", "encoder"}."""
     spec, stage = (args.model, args.stage) if args.model else ("generator", args.stage or "prod")
-    g_path, version = registry.resolve(spec, stage, args.repo)
+    g_path, label = registry.resolve(spec, stage, args.repo)
+    version = version_at(g_path, label)
     e_spec = registry.encoder_for(g_path, args.encoder)
-    e_path = None
+    e_path, e_version = None, "none"
     if e_spec != "none":
         if not (Path(e_spec).exists() or registry.is_artifact_spec(e_spec, None)):
             raise UserError(f"encoder {e_spec} not found: give --encoder FILE, or --encoder none for an image "
                             "without image -> embedding")
-        e_path, _ = registry.resolve(e_spec, None, args.repo)
+        e_path, e_version = registry.resolve(e_spec, None, args.repo)
+        e_version = version if e_version == label else e_version   # registered with the generator: its version
     (dest / "model").mkdir(parents=True)
-    model_file(g_path, "generator", dest / "model")
+    g = model_file(g_path, "generator", dest / "model")
     if e_path is not None:
-        model_file(e_path, "encoder", dest / "model")
-        _check_pair(dest / "model")
+        misfit = encoder_misfit(model_file(e_path, "encoder", dest / "model").config, g.config)
+        if misfit:
+            raise UserError(f"encoder '{e_spec}' {misfit}")
     shutil.copy2(CONTAINERFILE, dest / "Containerfile")
     shutil.copytree(ROOT / "dcgan", dest / "dcgan", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     download_wheels(dest)
-    return version, g_path, e_path
-
-
-def _check_pair(folder: Path) -> None:
-    from ..shapes import encoder_misfit
-    from .runtime import OnnxNet
-
-    g, e = OnnxNet(folder / "generator.onnx"), OnnxNet(folder / "encoder.onnx")
-    misfit = encoder_misfit(e.config, g.config)
-    if misfit:
-        raise UserError(f"the encoder {misfit}")
+    return {"VERSION": version, "ENCODER": "/model/encoder.onnx" if e_path else "none",
+            "ENCODER_VERSION": e_version, "generator": g_path, "encoder": e_path}
 
 
 def build(args) -> str:
     engine = engine_command(args.engine)
     podman = Path(engine[0]).name == "podman"
     with tempfile.TemporaryDirectory(prefix="dcgan-image-") as tmp:
-        version, g_path, e_path = context(args, Path(tmp))
-        tag = args.tag or f"{NAME}:{tag_for(version)}"
+        made = context(args, Path(tmp))
+        tag = args.tag or f"{NAME}:{tag_for(made['VERSION'])}"
         ensure_base(args.base, engine)
-        print(f"building {tag} from {args.base}: generator {g_path}"
-              + (f", encoder {e_path}" if e_path else ", no encoder"), flush=True)
+        print(f"building {tag} from {args.base}: generator {made['generator']}"
+              + (f", encoder {made['encoder']}" if made["encoder"] else ", no encoder"), flush=True)
+        build_args = [a for k in ("VERSION", "ENCODER", "ENCODER_VERSION") for a in ("--build-arg", f"{k}={made[k]}")]
         cmd = [*engine, "build", *(PODMAN_FLAGS if podman else ()), "--network", "host",
-               "--build-arg", f"BASE={args.base}", "--build-arg", f"VERSION={version}", "-t", tag, tmp]
+               "--build-arg", f"BASE={args.base}", *build_args, "-t", tag, tmp]
         r = subprocess.run(cmd)
         if r.returncode != 0:
             raise UserError(f"`{' '.join(engine)} build` of {tag} failed (exit {r.returncode}): see its output above")
     size = run([*engine, "image", "inspect", "--format", "{{.Size}}", tag], "image inspect").stdout.strip()
-    print(f"built {tag}: {int(size) / 1e6:.0f} MB. Run it:\n"
+    print(f"built {tag}: {int(size) / 1e6:.0f} MB. Run it (DCGAN_API_KEY: a secret in your environment):\n"
           f"  {' '.join(engine)} run --rm {' '.join(PODMAN_FLAGS) + ' ' if podman else ''}-p 8080:8080 "
-          f"-e DCGAN_API_KEY=<a secret> {tag}", flush=True)
+          f"-e DCGAN_API_KEY {tag}", flush=True)
     return tag
 
 

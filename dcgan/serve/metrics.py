@@ -8,7 +8,9 @@
     dcgan_model_seconds{model}                    time of each model call
     dcgan_queue_rows{model}                       rows waiting for a model call now
 
-Each app has a registry of its own (tests build many apps in one process).
+Each app has a registry of its own (tests build many apps in one process). What uvicorn refuses itself never
+reaches the app and is not counted: its 503s over --limit-concurrency, and the 400/504 of a request head
+that is too large or too slow (docs/serving.md#limits).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+METHODS = {"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"}   # any other: 'other' (bounded labels)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -23,12 +26,16 @@ ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class ServerMetrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self):
+    def __init__(self, in_flight=None):
+        """in_flight: a function giving the requests in flight (the server's drain count), else counted here."""
         r = self.registry = CollectorRegistry()
         self.requests = Counter("dcgan_requests", "HTTP requests answered", ["route", "method", "status"], registry=r)
         self.latency = Histogram("dcgan_request_seconds", "HTTP request latency", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge("dcgan_requests_in_flight", "HTTP requests being answered", registry=r)
+        self.counts_in_flight = in_flight is None
+        if in_flight is not None:
+            self.in_flight.set_function(in_flight)
         self.batch_rows = Histogram("dcgan_batch_rows", "rows per model call", ["model"], buckets=ROWS_BUCKETS,
                                     registry=r)
         self.model_seconds = Histogram("dcgan_model_seconds", "time of each model call", ["model"],
@@ -72,11 +79,14 @@ class Observe:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
-        self.m.in_flight.inc()
+        if self.m.counts_in_flight:
+            self.m.in_flight.inc()
         try:
             await self.app(scope, receive, send_status)
         finally:
-            self.m.in_flight.dec()
+            if self.m.counts_in_flight:
+                self.m.in_flight.dec()
             route = self.route(scope["path"])
-            self.m.requests.labels(route, scope["method"], str(status[0])).inc()
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.m.requests.labels(route, method, str(status[0])).inc()
             self.m.latency.labels(route).observe(time.perf_counter() - t0)

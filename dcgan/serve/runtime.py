@@ -51,17 +51,6 @@ def as_net(model):
     return model if isinstance(model, (OnnxNet, TorchNet)) else TorchNet(model)
 
 
-def thread_init(torch_threads: int | None):
-    """The initializer of each model thread: torch's intra-op threads are set per thread (onnxruntime's per
-    session). Nothing without torch, or when torch is not imported (an ONNX-only server never imports it)."""
-    import sys
-
-    if not torch_threads or "torch" not in sys.modules:
-        return None
-    torch = sys.modules["torch"]
-    return lambda: torch.set_num_threads(torch_threads)
-
-
 def load(path: Path | str, threads: int | None = None):
     """A model file -> (net, kind, config). .onnx through onnxruntime alone; .pt and .ts through torch.
     FileNotFoundError or ValueError (one line) when it cannot be used."""

@@ -38,17 +38,19 @@ class NotFound(BadRequest):
 
 
 def _signatures(m, s) -> dict:
-    """{model name: (inputs, outputs)}, each {tensor name: (datatype, shape)} as metadata shows them."""
+    """{model name: (net, inputs, outputs)}, inputs and outputs {tensor name: (datatypes, shape)}: the datatypes
+    an input accepts (metadata shows the first) or the one an output has."""
     image = [-1, m.channels, m.size, m.size]
-    out = {s.name: ({"z": ("FP32", [-1, m.nz])},
-                    {"image": ("FP32", image), "image_uint8": ("UINT8", image)})}
+    out = {s.name: (m.G, {"z": (("FP32",), [-1, m.nz])},
+                    {"image": (("FP32",), image), "image_uint8": (("UINT8",), image)})}
     if m.E is not None:
-        out[ENCODER] = ({"image": ("FP32", image)}, {"z": ("FP32", [-1, m.nz]), "reconstruction_mse": ("FP32", [-1])})
+        out[ENCODER] = (m.E, {"image": (("FP32", "UINT8"), image)},
+                        {"z": (("FP32",), [-1, m.nz]), "reconstruction_mse": (("FP32",), [-1])})
     return out
 
 
 def _tensor_meta(tensors: dict) -> list:
-    return [{"name": k, "datatype": d, "shape": shape} for k, (d, shape) in tensors.items()]
+    return [{"name": k, "datatype": types[0], "shape": shape} for k, (types, shape) in tensors.items()]
 
 
 def _flatten(data, depth: int) -> list:
@@ -97,12 +99,12 @@ def _array(inp: dict, where: str, datatype: str, shape: list, binary: bytes | No
     return arr.astype(DTYPES[datatype], copy=False).reshape(shape)
 
 
-def parse_request(body: bytes, json_length: int | None, inputs: dict, outputs: dict, max_rows: int):
+def parse_request(body: bytes, head_length: int | None, inputs: dict, outputs: dict, max_rows: int):
     """-> (request id, {input name: array}, [(output name, binary?)]). BadRequest names what is wrong."""
-    if json_length is not None:
-        if json_length > len(body):
-            raise BadRequest(f"Inference-Header-Content-Length is {json_length}, but the body has {len(body)} bytes")
-        doc, rest = load_json(body[:json_length]), memoryview(body)[json_length:]
+    if head_length is not None:
+        if head_length > len(body):
+            raise BadRequest(f"Inference-Header-Content-Length is {head_length}, but the body has {len(body)} bytes")
+        doc, rest = load_json(body[:head_length]), memoryview(body)[head_length:]
     else:
         doc, rest = load_json(body), None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
@@ -118,15 +120,14 @@ def parse_request(body: bytes, json_length: int | None, inputs: dict, outputs: d
         if not isinstance(inp, dict):
             raise BadRequest(f"inputs[{i}]: must be an object, got {show(inp)}")
         name = inp.get("name")
-        if name not in inputs:
+        if not isinstance(name, str) or name not in inputs:
             raise BadRequest(f"inputs[{i}]: no input named {show(name)}; this model takes {sorted(inputs)}")
         if name in got:
             raise BadRequest(f"inputs[{i}]: input '{name}' given twice")
         where = f"input '{name}'"
-        datatype, want = inputs[name]
+        accepted, want = inputs[name]
         given = inp.get("datatype")
-        accepted = ("FP32", "UINT8") if name == "image" else ("FP32",)
-        if given not in accepted:
+        if not isinstance(given, str) or given not in accepted:
             raise BadRequest(f"{where}: datatype must be {' or '.join(accepted)}, got {show(given)}")
         shape = inp.get("shape")
         if (not isinstance(shape, list) or len(shape) != len(want)
@@ -157,7 +158,7 @@ def parse_request(body: bytes, json_length: int | None, inputs: dict, outputs: d
     chosen = []
     for i, out in enumerate(wanted):
         name = out.get("name") if isinstance(out, dict) else None
-        if name not in outputs:
+        if not isinstance(name, str) or name not in outputs:
             raise BadRequest(f"outputs[{i}]: no output named {show(name)}; this model gives {sorted(outputs)}")
         p = out.get("parameters") or {}
         chosen.append((name, bool(p.get("binary_data", all_binary)) if isinstance(p, dict) else all_binary))
@@ -168,8 +169,9 @@ def render(model: str, version: str, request_id: str, tensors: dict, chosen: lis
     """-> (body, Inference-Header-Content-Length or None). Binary outputs follow the JSON in request order."""
     metas, blobs = [], []
     for name, binary in chosen:
-        arr = np.ascontiguousarray(tensors[name], dtype=DTYPES[outputs[name][0]])
-        meta = {"name": name, "datatype": outputs[name][0], "shape": list(arr.shape)}
+        datatype = outputs[name][0][0]
+        arr = np.ascontiguousarray(tensors[name], dtype=DTYPES[datatype])
+        meta = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
         if binary:
             blob = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
             meta["parameters"] = {"binary_data_size": len(blob)}
@@ -192,7 +194,8 @@ def add_routes(app: FastAPI, life, s) -> None:
             raise NotFound(f"no model named '{name}' here; this server has {sorted(sig)}")
         if version is not None and version != s.version:
             raise NotFound(f"model '{name}' has no version '{version}'; this server has '{s.version}'")
-        return m, sig[name]
+        net, inputs, outputs = sig[name]
+        return m, net, inputs, outputs
 
     def wrap(route):
         """The V2 routes answer BadRequest and NotFound in the protocol's error shape."""
@@ -216,8 +219,8 @@ def add_routes(app: FastAPI, life, s) -> None:
         return {"name": "dcgan", "version": s.version, "extensions": ["binary_tensor_data"]}
 
     async def metadata(request: Request, name: str, version: str | None):
-        m, (inputs, outputs) = model(name, version)
-        platform = "onnxruntime_onnx" if isinstance(m.G, runtime.OnnxNet) else "pytorch"
+        _, net, inputs, outputs = model(name, version)
+        platform = "onnxruntime_onnx" if isinstance(net, runtime.OnnxNet) else "pytorch"
         return {"name": name, "versions": [s.version], "platform": platform,
                 "inputs": _tensor_meta(inputs), "outputs": _tensor_meta(outputs)}
 
@@ -226,15 +229,15 @@ def add_routes(app: FastAPI, life, s) -> None:
         return JSONResponse({"name": name, "ready": life.ready}, status_code=200 if life.ready else 503)
 
     async def infer(request: Request, name: str, version: str | None):
-        m, (inputs, outputs) = model(name, version)
+        m, _, inputs, outputs = model(name, version)
         body = await read_body(request, s.max_body_bytes, s.body_timeout_s)
         header = request.headers.get(BINARY_HEADER)
-        if header is not None and not (header.isascii() and header.isdigit()):
+        if header is not None and not (header.isascii() and header.isdigit() and len(header) <= 18):
             raise BadRequest(f"Inference-Header-Content-Length must be a byte count, got {show(header)}")
-        json_length = int(header) if header is not None else None
+        head_length = int(header) if header is not None else None
 
         async def answer():
-            request_id, tensors, chosen = await m.off_loop(parse_request, body, json_length, inputs, outputs,
+            request_id, tensors, chosen = await m.off_loop(parse_request, body, head_length, inputs, outputs,
                                                            s.max_instances)
             if name == ENCODER:
                 x = tensors["image"]
@@ -248,13 +251,13 @@ def add_routes(app: FastAPI, life, s) -> None:
                     result["image_uint8"] = pictures.to_uint8(images)
             return await m.off_loop(render, name, s.version, request_id, result, chosen, outputs)
         try:
-            content, json_length = await asyncio.wait_for(answer(), s.timeout_s)
+            content, answer_head = await asyncio.wait_for(answer(), s.timeout_s)
         except asyncio.TimeoutError:
             return timed_out("the inference (parsing and the model)", s.timeout_s)
-        if json_length is None:
+        if answer_head is None:
             return JSONResponse(content)
         return Response(content, media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(json_length)})
+                        headers={"Inference-Header-Content-Length": str(answer_head)})
 
     for path, route, method in (("", metadata, "GET"), ("/ready", model_ready, "GET"), ("/infer", infer, "POST")):
         for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):

@@ -53,7 +53,9 @@ def test_ports_probes_and_the_key_agree_with_the_image_and_the_server():
     assert service["targetPort"] in (port, "http")
 
 
-def test_the_grace_period_covers_the_longest_request():
+def test_the_grace_period_covers_the_pause_and_the_longest_request():
     pod = manifests()["Deployment"]["spec"]["template"]["spec"]
     timeout = serve_main.parser().get_default("timeout_s")
-    assert pod["terminationGracePeriodSeconds"] > timeout
+    pause = pod["containers"][0].get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    pause_s = float(pause[-1]) if pause[:1] == ["sleep"] else 0.0   # counts against the grace period
+    assert pod["terminationGracePeriodSeconds"] > pause_s + timeout

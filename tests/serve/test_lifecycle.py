@@ -24,13 +24,12 @@ from dcgan.errors import UserError
 from dcgan.model import save
 from dcgan.serve import __main__ as serve_main
 from dcgan.serve.app import Models, Settings, create_app
-from serve.common import NZ, Gated, tiny_models
+from serve.common import NZ, Gated, read_response, tiny_models
 
 PREDICT = "/v1/models/generator:predict"
 BODY = {"instances": [{"z": [0.1] * NZ, "key": "k"}]}
 V2_BODY = {"inputs": [{"name": "z", "datatype": "FP32", "shape": [1, NZ], "data": [0.1] * NZ}]}
 SHUTTING_DOWN = "the server is shutting down: send the request to another replica"
-
 
 
 def until(check, seconds: float = 10.0):
@@ -163,23 +162,6 @@ def metric(url: str, name: str) -> float | None:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return None
-
-
-def read_response(sock: socket.socket) -> tuple[int, dict, bytes]:
-    """One HTTP/1.1 response with a Content-Length, read off a raw socket -> (status, headers, body)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before the response's head: {data!r}"
-        data += chunk
-    head, body = data.split(b"\r\n\r\n", 1)
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
-    while len(body) < int(headers["content-length"]):
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed in the response's body"
-        body += chunk
-    return int(status_line.split()[1]), headers, body
 
 
 def test_sigterm_drains_a_real_server_then_it_exits_0(model_files):

@@ -18,7 +18,6 @@ PREDICT = "/v1/models/generator:predict"
 V2_INFER = "/v2/models/{name}/infer"
 
 
-
 def samples(text: str) -> list:
     """Every sample of a text exposition, as (name, labels, value)."""
     return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
@@ -68,6 +67,8 @@ def test_requests_latency_and_model_calls_are_counted_by_route_template():
     for method, path, body, headers, status in calls:
         r = c.request(method, path, json=body, headers=headers)
         assert r.status_code == status, (method, path, r.text)
+        if status != 200:   # every error in the protocols' shape, routing's 404 and 405 too
+            assert list(r.json()) == ["error"] and "\n" not in r.json()["error"], (method, path, r.text)
     found = scrape(c, **key)
     requests = {(lab["route"], lab["method"], lab["status"]): v for n, lab, v in found if n == "dcgan_requests_total"}
     assert requests == {
@@ -109,7 +110,6 @@ def test_metrics_without_an_api_key_and_before_any_model_call():
     for model in ("generator", "encoder"):
         assert value(found, "dcgan_batch_rows_count", model=model) == 0
         assert value(found, "dcgan_queue_rows", model=model) == 0
-
 
 
 def test_queue_rows_count_the_rows_waiting_while_the_model_thread_is_busy():

@@ -8,7 +8,6 @@ probes."""
 import base64
 import io
 import json
-import threading
 
 import numpy as np
 import orjson
@@ -20,12 +19,16 @@ from PIL import Image
 from dcgan import pictures
 from dcgan.serve import runtime
 from dcgan.serve.app import Models, Settings, create_app
-from serve.common import NZ, SIZE, tiny_models
+from serve.common import NZ, SIZE, Gated, tiny_models
 
 IMAGE = [1, SIZE, SIZE]            # channels, height, width of the tiny models
 INFER = "/v2/models/generator/infer"
 ENCODE = "/v2/models/encoder/infer"
 
+
+def within_one_level(a, b) -> bool:
+    """uint8 images against eager torch's: a value on a rounding boundary may land one level off elsewhere."""
+    return a.shape == b.shape and int(np.abs(np.asarray(a, int) - np.asarray(b, int)).max(initial=0)) <= 1
 
 
 def make_client(encoder: bool = True, **settings) -> TestClient:
@@ -162,7 +165,7 @@ def test_generator_infer_with_flat_and_nested_json_data_equals_the_eager_generat
         assert out["image_uint8"]["datatype"] == "UINT8" and out["image_uint8"]["shape"] == [3, *IMAGE]
         image = json_tensor(out["image"])
         assert np.abs(image - want).max() <= 1e-5
-        assert np.array_equal(json_tensor(out["image_uint8"]), pictures.to_uint8(want))
+        assert within_one_level(json_tensor(out["image_uint8"]), pictures.to_uint8(want))
         assert np.array_equal(json_tensor(out["image_uint8"]), pictures.to_uint8(image))
 
 
@@ -172,7 +175,7 @@ def test_one_output_chosen_and_the_request_id_echoed(c):
     assert r.status_code == 200, r.text
     doc = r.json()
     assert doc["id"] == "req-7" and [o["name"] for o in doc["outputs"]] == ["image_uint8"]
-    assert np.array_equal(json_tensor(doc["outputs"][0]), pictures.to_uint8(eager_images(z)))
+    assert within_one_level(json_tensor(doc["outputs"][0]), pictures.to_uint8(eager_images(z)))
     # the outputs come in the order the request names them
     r = c.post(INFER, json={"inputs": [z_input(z)], "outputs": [{"name": "image_uint8"}, {"name": "image"}]})
     assert [o["name"] for o in r.json()["outputs"]] == ["image_uint8", "image"]
@@ -194,7 +197,7 @@ def test_binary_tensor_data_in_and_out(c):
     assert "data" not in image and image["parameters"]["binary_data_size"] == 2 * SIZE * SIZE * 4 == len(raw)
     got = np.frombuffer(raw, dtype="<f4").reshape(image["shape"])
     assert np.abs(got - want).max() <= 1e-5
-    assert uint8["name"] == "image_uint8" and np.array_equal(json_tensor(uint8), pictures.to_uint8(want))
+    assert uint8["name"] == "image_uint8" and within_one_level(json_tensor(uint8), pictures.to_uint8(want))
     # binary_data_output: every output binary, one after the other in the order of the outputs
     doc = {"inputs": [z_input(z)], "parameters": {"binary_data_output": True}}
     r = c.post(INFER, json=doc)
@@ -202,7 +205,7 @@ def test_binary_tensor_data_in_and_out(c):
     sizes = [o["parameters"]["binary_data_size"] for o in head["outputs"]]
     assert sizes == [2 * SIZE * SIZE * 4, 2 * SIZE * SIZE] and len(raw) == sum(sizes)
     assert np.abs(np.frombuffer(raw[:sizes[0]], "<f4").reshape(2, *IMAGE) - want).max() <= 1e-5
-    assert np.array_equal(np.frombuffer(raw[sizes[0]:], np.uint8).reshape(2, *IMAGE), pictures.to_uint8(want))
+    assert within_one_level(np.frombuffer(raw[sizes[0]:], np.uint8).reshape(2, *IMAGE), pictures.to_uint8(want))
 
 
 # --- encoder inference ----------------------------------------------------------------------------------------
@@ -314,6 +317,12 @@ def past_the_end():
      ["Inference-Header-Content-Length is 99, but the body has 14 bytes"]),
     (INFER, b'{"inputs": []}', {"Inference-Header-Content-Length": "-1"},
      ["Inference-Header-Content-Length must be a byte count"]),
+    (INFER, b'{"inputs": []}', {"Inference-Header-Content-Length": "9" * 5000},     # int() refuses 4,300+ digits
+     ["Inference-Header-Content-Length must be a byte count"]),
+    (INFER, {"inputs": [{"name": [1], "datatype": "FP32", "shape": [1, NZ], "data": Z1}]}, {},   # unhashable names
+     ["inputs[0]", "no input named a list"]),
+    (INFER, {**gen_body(), "outputs": [{"name": {}}]}, {}, ["outputs[0]", "no output named an object"]),
+    (INFER, {"inputs": [{**gen_body()["inputs"][0], "datatype": ["FP32"]}]}, {}, ["datatype must be FP32", "a list"]),
 ])
 def test_bad_bodies_get_a_one_line_400_naming_the_problem(c, path, body, headers, words):
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -355,21 +364,9 @@ def test_api_key_guards_every_v2_route_but_the_health_probes():
     assert r.status_code == 200 and r.json() == {"ready": True}
 
 
-class Held(torch.nn.Module):
-    """The generator, but each call waits until the test lets it go on."""
-
-    def __init__(self, G):
-        super().__init__()
-        self.G, self.config, self.release = G, G.config, threading.Event()
-
-    def forward(self, z):
-        assert self.release.wait(10), "the test never released the model"
-        return self.G(z)
-
-
 def test_an_inference_over_the_time_limit_gets_504():
     G, E = tiny_models()
-    held = Held(G)
+    held = Gated(G)
     s = Settings(timeout_s=0.2)
     c = TestClient(create_app(Models(held, dict(G.config), E, s), s))
     try:
