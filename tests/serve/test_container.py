@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -105,17 +106,24 @@ def wait_ready(url: str, name: str, seconds: float = 90) -> None:
     pytest.fail(f"the container was not ready within {seconds} s: {podman('logs', name, check=False).stderr[-2000:]}")
 
 
+@contextmanager
+def running(image: str, what: str):
+    """The image as a container on a free port, ready -> (url, port, name); removed when the block ends."""
+    port, name = free_port(), f"dcgan-pytest-{what}-{os.getpid()}"
+    try:
+        start(image, port, name)
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, name)
+        yield url, port, name
+    finally:
+        podman("rm", "-f", name, check=False)
+
+
 @pytest.fixture(scope="module")
 def served(image):
     """(url of the running container, headers with the key)."""
-    port, name = free_port(), f"dcgan-pytest-{os.getpid()}"
-    start(image, port, name)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, name)
+    with running(image, "client") as (url, _, _):
         yield url, {"Authorization": f"Bearer {KEY}"}
-    finally:
-        podman("rm", "-f", name, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -220,11 +228,7 @@ def test_the_key_is_required_and_metrics_count_by_route(served):
 
 def test_sigterm_finishes_what_is_in_flight_and_the_container_exits_0(image):
     """`podman stop` sends SIGTERM: a request whose body is half sent still gets 200, then the exit code is 0."""
-    port, name = free_port(), f"dcgan-pytest-stop-{os.getpid()}"
-    start(image, port, name)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, name)
+    with running(image, "stop") as (url, port, name):
         body = ('{"instances": [{"z": [%s], "key": "held"}]}' % ", ".join(["0.5"] * NZ)).encode()
         sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         sock.sendall(f"POST /v1/models/generator:predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
@@ -246,8 +250,6 @@ def test_sigterm_finishes_what_is_in_flight_and_the_container_exits_0(image):
         assert status == 200 and b'"held"' in answer, answer[:300]
         assert stop.wait(60) == 0
         assert podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "0"
-    finally:
-        podman("rm", "-f", name, check=False)
 
 
 def test_an_image_without_an_encoder_serves_the_generator_and_says_so(models, base):
@@ -256,16 +258,13 @@ def test_an_image_without_an_encoder_serves_the_generator_and_says_so(models, ba
     r = subprocess.run([sys.executable, "-m", "dcgan.serve.container", "--model", str(g), "--encoder", "none",
                         "--tag", tag], cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    port, name = free_port(), f"dcgan-pytest-noenc-{os.getpid()}"
     try:
-        start(tag, port, name)
-        url, auth = f"http://127.0.0.1:{port}", {"X-API-Key": KEY}
-        wait_ready(url, name)
-        assert httpx.get(url + "/v1/models/generator", headers=auth).json()["encoder"] is False
-        r = httpx.get(url + "/v2/models/encoder", headers=auth)
-        assert r.status_code == 404 and "this server has ['generator']" in r.json()["error"]
-        logs = podman("logs", name).stderr
-        assert "not found" not in logs, logs          # no misleading "encoder not found" line
+        with running(tag, "noenc") as (url, _, name):
+            auth = {"X-API-Key": KEY}
+            assert httpx.get(url + "/v1/models/generator", headers=auth).json()["encoder"] is False
+            r = httpx.get(url + "/v2/models/encoder", headers=auth)
+            assert r.status_code == 404 and "this server has ['generator']" in r.json()["error"]
+            logs = podman("logs", name).stderr
+            assert "not found" not in logs, logs          # no misleading "encoder not found" line
     finally:
-        podman("rm", "-f", name, check=False)
         podman("rmi", "-f", tag, check=False)
