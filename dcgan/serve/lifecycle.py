@@ -9,7 +9,6 @@ run containers expect.
 """
 from __future__ import annotations
 
-import asyncio
 import threading
 from typing import Callable
 
@@ -77,8 +76,3 @@ class Drain:
             await self.app(scope, receive, send)
         finally:
             self.life.in_flight -= 1
-
-    @staticmethod
-    async def idle(life: Lifecycle, poll_s: float = 0.05) -> None:
-        while life.in_flight:
-            await asyncio.sleep(poll_s)

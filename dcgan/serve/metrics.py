@@ -26,16 +26,14 @@ ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class ServerMetrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, in_flight=None):
-        """in_flight: a function giving the requests in flight (the server's drain count), else counted here."""
+    def __init__(self, in_flight):
+        """in_flight: a function giving the requests in flight (the drain's count: one count, not two)."""
         r = self.registry = CollectorRegistry()
         self.requests = Counter("dcgan_requests", "HTTP requests answered", ["route", "method", "status"], registry=r)
         self.latency = Histogram("dcgan_request_seconds", "HTTP request latency", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge("dcgan_requests_in_flight", "HTTP requests being answered", registry=r)
-        self.counts_in_flight = in_flight is None
-        if in_flight is not None:
-            self.in_flight.set_function(in_flight)
+        self.in_flight.set_function(in_flight)
         self.batch_rows = Histogram("dcgan_batch_rows", "rows per model call", ["model"], buckets=ROWS_BUCKETS,
                                     registry=r)
         self.model_seconds = Histogram("dcgan_model_seconds", "time of each model call", ["model"],
@@ -79,13 +77,9 @@ class Observe:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
-        if self.m.counts_in_flight:
-            self.m.in_flight.inc()
         try:
             await self.app(scope, receive, send_status)
         finally:
-            if self.m.counts_in_flight:
-                self.m.in_flight.dec()
             route = self.route(scope["path"])
             method = scope["method"] if scope["method"] in METHODS else "other"
             self.m.requests.labels(route, method, str(status[0])).inc()
