@@ -331,8 +331,9 @@ def port(args) -> int:
     for name in PORT_ENV:
         value = os.environ.get(name)
         if value:
-            if not (value.isascii() and value.isdigit() and 0 < int(value) < 65536):
-                raise UserError(f"${name} must be a port number (1-65535), got {value!r}")
+            # the length first: int() refuses a string of over 4,300 digits with its own ValueError
+            if not (value.isascii() and value.isdigit() and len(value) <= 5 and 0 < int(value) < 65536):
+                raise UserError(f"${name} must be a port number (1-65535), got {value[:40]!r}")
             return int(value)
     return 8000
 

@@ -52,11 +52,8 @@ def is_artifact_spec(spec: str, stage: str | None) -> bool:
 
 
 def file_version(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()[:12]
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()[:12]
 
 
 def default_generator() -> str:

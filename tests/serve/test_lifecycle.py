@@ -238,7 +238,8 @@ def test_port_from_the_flag_else_port_else_aip_http_port_else_8000(no_port_env):
 
 
 @pytest.mark.parametrize("name, value", [("PORT", "abc"), ("PORT", "0"), ("PORT", "65536"), ("PORT", "-1"),
-                                         ("PORT", " 80"), ("PORT", "٨٠"), ("AIP_HTTP_PORT", "http")])
+                                         ("PORT", " 80"), ("PORT", "٨٠"), ("AIP_HTTP_PORT", "http"),
+                                         ("PORT", "9" * 5000), ("PORT", "000080")])
 def test_a_bad_port_variable_is_a_user_error_naming_it(no_port_env, name, value):
     no_port_env.setenv(name, value)
     with pytest.raises(UserError, match=rf"^\${name} must be a port number \(1-65535\), got "):
