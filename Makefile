@@ -28,13 +28,19 @@ endif
 	touch $(STAMP)
 
 # Regenerate requirements.lock after editing requirements.txt (pip-tools in its own venv; a few minutes, most of it
-# hashing torch's wheels). Commit both files; tests/test_lock.py fails when they disagree.
+# hashing torch's wheels). The versions already locked are kept (pip-compile starts from them): only what
+# requirements.txt changed moves. Commit both files; tests/test_lock.py fails when they disagree.
 LOCK_VENV := .venv-lock
+LOCK_HEADER := \
+  '\# Every package of the environment, transitive ones included, pinned with hashes: `make setup` installs exactly' \
+  '\# these (pip --require-hashes --no-deps). Generated from requirements.txt by `make lock` (pip-tools, Linux x86_64,' \
+  '\# CPython 3.11); do not edit by hand. tests/test_lock.py fails when this file and requirements.txt disagree.'
 lock:
 	test -x $(LOCK_VENV)/bin/pip-compile || { python3 -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q pip-tools==7.6.2; }
+	grep -v '^#' requirements.lock > .requirements.lock.new || true
 	$(LOCK_VENV)/bin/pip-compile -q --generate-hashes --strip-extras --allow-unsafe --no-header --no-emit-index-url \
 	    --no-emit-find-links -o .requirements.lock.new requirements.txt
-	{ sed -n '1,3p' requirements.lock; cat .requirements.lock.new; } > requirements.lock && rm .requirements.lock.new
+	{ printf '%s\n' $(LOCK_HEADER); cat .requirements.lock.new; } > requirements.lock && rm .requirements.lock.new
 
 setup: $(STAMP)
 
