@@ -1,4 +1,5 @@
-"""Turn a folder or .zip of images into train/val/test arrays plus a manifest.
+"""Turn a folder or .zip of images (or a torchvision dataset: torchvision_source.py) into train/val/test arrays
+plus a manifest.
 
 The split of a file depends only on its content hash, so adding files never moves the ones
 already there; exact duplicates (same bytes) are kept once.
@@ -530,16 +531,20 @@ def _remove_stale_temporaries(out_dir: Path):
         _backup(out_dir, name).unlink(missing_ok=True)
 
 
-def prepare(source: Path, out_dir: Path, settings: Settings, val_fraction: float, test_fraction: float,
+def prepare(source, out_dir: Path, settings: Settings, val_fraction: float, test_fraction: float,
             max_skipped_fraction: float, params: dict, workers: int | None = None, progress: bool = True) -> dict:
     """Decode, deduplicate and split `source`; write {train,val,test}.npy and manifest.json to `out_dir`.
 
+    `source`: a folder or .zip (a path), or a dataset that yields its images itself, each with a label
+    (torchvision_source.Source: `records(settings, progress)`, `labels`).
     Nothing in `out_dir` changes unless the run succeeds: the outputs are staged under temporary names and
     swapped in at the end (_swap_in)."""
-    source, out_dir = Path(source), Path(out_dir)
+    named = not isinstance(source, (str, os.PathLike))
+    source, out_dir = (source if named else Path(source)), Path(out_dir)
     if out_dir.is_dir():
         _recover(out_dir)  # first: even a run that fails puts back what a killed one half replaced
-    names, skipped = _scan(source)  # skipped: folders and zip members that could not be listed
+    # skipped: folders and zip members that could not be listed
+    names, skipped = ([], []) if named else _scan(source)
     shape = (settings.channels, settings.image_size, settings.image_size)
     files: dict[str, dict] = {}
     duplicates: list[dict] = []
@@ -552,8 +557,10 @@ def prepare(source: Path, out_dir: Path, settings: Settings, val_fraction: float
     try:
         for split in SPLITS:
             arrays[split] = NpyAppender(out_dir / f"{split}.npy", shape)
-        with closing(_decode_all(source, names, settings, workers, progress)) as results:
-            for name, digest, arr, reason in results:
+        records = (source.records(settings, progress) if named
+                   else _unlabelled(_decode_all(source, names, settings, workers, progress)))
+        with closing(records) as results:
+            for name, digest, arr, reason, label in results:
                 path = shown(name)
                 if arr is None:
                     skipped.append({"path": path, "reason": reason})
@@ -567,6 +574,8 @@ def prepare(source: Path, out_dir: Path, settings: Settings, val_fraction: float
                 first_of[digest] = path
                 split = split_of(digest, val_fraction, test_fraction)
                 files[path] = {"split": split, "row": arrays[split].rows, "sha256": digest}
+                if label is not None:
+                    files[path]["label"] = label
                 arrays[split].append(arr)
         skipped.sort(key=lambda s: s["path"])
 
@@ -584,6 +593,7 @@ def prepare(source: Path, out_dir: Path, settings: Settings, val_fraction: float
             "counts": {**{s: arrays[s].rows for s in SPLITS}, "duplicates": len(duplicates), "skipped": len(skipped)},
             "shape": list(shape),
             "params": params,
+            **({"labels": source.labels} if named and source.labels else {}),
             "files": files,
             "duplicates": duplicates,
             "skipped": skipped,
@@ -607,6 +617,13 @@ def prepare(source: Path, out_dir: Path, settings: Settings, val_fraction: float
                 pass
         raise
     return manifest
+
+
+def _unlabelled(results):
+    """A folder's decoded files as records without a label (the 5-tuples a named dataset yields)."""
+    with closing(results):
+        for r in results:
+            yield (*r, None)
 
 
 def _write_json(f, obj) -> None:

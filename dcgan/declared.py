@@ -54,7 +54,8 @@ def params_yaml(values: dict | None = None) -> str:
         lines += ["", f"# --- {section} ---"]
         for row in rows:
             p = SCHEMA[row[0]]
-            lines.append(f"{p.name}: {_yaml_value(values[p.name])}".ljust(27) + f"# {p.help}")
+            # at least one space before '#': YAML reads a '#' right after a value as part of it
+            lines.append(f"{p.name}: {_yaml_value(values[p.name])} ".ljust(27) + f"# {p.help}")
     return "\n".join(lines) + "\n"
 
 

@@ -66,16 +66,23 @@ def decode(data: bytes, ext: str, channels: int, size: int, resize: str, backgro
     except Exception:  # noqa: BLE001 - a broken EXIF block is not worth losing the image for
         pass
     try:
-        im = to_mode(im, channels, background)
-        im = fit(im, size, resize, background, crop_fraction, crop_key)
+        im = to_mode(im, channels, background)   # rebound: a deep image (4 bytes a pixel) is freed here
+        return square_array(im, size, resize, background, crop_fraction, crop_key)
     except Exception as e:  # noqa: BLE001 - an exotic mode PIL cannot convert is one bad file, not a crash
         raise BadImage(f"cannot convert {im.mode} {w}x{h} image: {e}") from None
-    arr = np.asarray(im, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[None]
-    else:
-        arr = arr.transpose(2, 0, 1)
-    return np.ascontiguousarray(arr)
+
+
+def prepared_array(im: Image.Image, channels: int, size: int, resize: str, background: str,
+                   crop_fraction: float | None = None, crop_key: str = "") -> np.ndarray:
+    """A decoded image -> the uint8 array (channels, size, size) prepare stores: to_mode, then square_array."""
+    return square_array(to_mode(im, channels, background), size, resize, background, crop_fraction, crop_key)
+
+
+def square_array(im: Image.Image, size: int, resize: str, background: str, crop_fraction: float | None = None,
+                 crop_key: str = "") -> np.ndarray:
+    """An 'L' or 'RGB' image -> uint8 (channels, size, size): fit, then channels first."""
+    arr = np.asarray(fit(im, size, resize, background, crop_fraction, crop_key), dtype=np.uint8)
+    return np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
 
 
 def _open_header(data: bytes) -> Image.Image:

@@ -27,7 +27,7 @@ from .errors import UserError, brief
 
 PARAMS_FILE = Path("params.yaml")
 FLOAT_TEXT = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
-STAGES = ("prepare", "train", "publish", "encoder", "export", "generate", "evaluate")
+STAGES = ("fetch", "prepare", "train", "publish", "encoder", "export", "generate", "evaluate")
 
 
 class ParamError(UserError, ValueError):
@@ -114,6 +114,13 @@ def nonempty(v):
         return "must not be empty"
 
 
+@allowed("a folder or .zip path, or `torchvision:<Name>` (dcgan/torchvision_source.py)")
+def source_value(v):
+    # imported by name, as registered(): only fetch and prepare check a source, and they import it anyway
+    named = importlib.import_module("dcgan.torchvision_source")
+    return nonempty(v) or (named.unknown(v) if v.startswith(named.PREFIX) else None)
+
+
 @allowed("`auto`, `cpu`, `cuda`, `cuda:N`, `mps`")
 def device_name(v):
     if not (v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit())):
@@ -138,8 +145,12 @@ def auto_or_positive_int(v):
 
 _SECTIONS: list[tuple[str, list[tuple]]] = [
     ("prepare: images -> data/prepared/{train,val,test}.npy", [
-        ("source", str, "data/demo", "folder (searched recursively) or .zip of images to train on; "
-         "data/demo = the built-in digits", ("prepare",), True, nonempty),
+        ("source", str, "data/demo", "folder (searched recursively) or .zip of images to train on, or "
+         "torchvision:<Name> (FashionMNIST, MNIST, KMNIST, CIFAR10, CIFAR100, SVHN: every split); data/demo = the "
+         "built-in digits", ("fetch", "prepare"), True, source_value),
+        ("torchvision_root", str, "data/torchvision", "folder of the torchvision datasets that source names, in "
+         "torchvision's own layout: downloaded there once, read offline after", ("fetch", "prepare"), False,
+         nonempty),
         ("image_size", int, 32, "side of the square training images in pixels, 16-512; any size, e.g. 120 "
          "for 120x120 sprites", ("prepare",), True, between(16, 512)),
         ("channels", int, 1, "1 (grayscale) or 3 (RGB)", ("prepare",), True, one_of(1, 3)),

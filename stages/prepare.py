@@ -1,10 +1,11 @@
-"""prepare stage: decode a folder or .zip of images into data/prepared/{train,val,test}.npy + manifest.json."""
+"""prepare stage: decode a folder or .zip of images (or a torchvision dataset, after the fetch stage) into
+data/prepared/{train,val,test}.npy + manifest.json."""
 import argparse
 import sys
 import time
 from pathlib import Path
 
-from dcgan import cli, data, params
+from dcgan import cli, data, params, torchvision_source
 
 
 def main():
@@ -20,7 +21,10 @@ def main():
     settings = data.Settings(p["image_size"], p["channels"], p["resize"], p["background"], p["max_image_pixels"],
                              p["max_file_bytes"], p["crop_fraction"], p["seed"])
     t0 = time.perf_counter()
-    manifest = data.prepare(Path(p["source"]).expanduser(), args.out, settings, p["val_fraction"],
+    dataset = torchvision_source.parse(p["source"])
+    source = (Path(p["source"]).expanduser() if dataset is None
+              else torchvision_source.Source(dataset, torchvision_source.resolve_root(p["torchvision_root"])))
+    manifest = data.prepare(source, args.out, settings, p["val_fraction"],
                             p["test_fraction"], p["max_skipped_fraction"], p, workers=args.workers)
     c = manifest["counts"]
     if hasattr(sys.stdout, "reconfigure"):  # a file name the terminal's encoding lacks is no crash after the work

@@ -51,6 +51,9 @@ PREPARE_CASES = [
     ("source", "", "must not be empty"),
     ("source", "   ", "must not be empty"),
     ("source", None, "must be a str"),
+    ("source", "torchvision:CelebA", "names a torchvision dataset prepare does not read (choose from MNIST, "),
+    ("torchvision_root", "", "must not be empty"),
+    ("torchvision_root", 3, "must be a str"),
     ("image_size", 15, "must be in [16, 512]"),
     ("image_size", 513, "must be in [16, 512]"),
     ("image_size", 0, "must be in [16, 512]"),
@@ -103,7 +106,7 @@ def test_every_prepare_key_has_a_case():
 @pytest.mark.parametrize("key, value", [
     ("image_size", 16), ("image_size", 17), ("image_size", 64), ("image_size", 120), ("image_size", 512),
     ("channels", 1), ("channels", 3), ("resize", "crop"), ("resize", "pad"), ("resize", "random"),
-    ("crop_fraction", 0.75), ("crop_fraction", 1.0),
+    ("crop_fraction", 0.75), ("crop_fraction", 1.0), ("source", "torchvision:SVHN"), ("source", "zips/a.zip"),
     ("background", "#ff8800"), ("background", "black"), ("val_fraction", 0), ("val_fraction", 0.5),
     ("test_fraction", 0.0), ("max_skipped_fraction", 0), ("max_skipped_fraction", 1), ("max_image_pixels", 1),
 ])
@@ -231,7 +234,7 @@ def test_unknown_key_suggests_the_closest(tmp_path, stage):
 
 def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
     p = write_params(tmp_path, zzzzzz=1)
-    with pytest.raises(ParamError, match="unknown key 'zzzzzz'; valid keys: source, image_size"):
+    with pytest.raises(ParamError, match="unknown key 'zzzzzz'; valid keys: source, torchvision_root, image_size"):
         params.load("prepare", p)
 
 

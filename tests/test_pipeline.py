@@ -1,4 +1,5 @@
 """dvc integration: the whole DAG in a temporary copy of the repository."""
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -33,7 +34,7 @@ def copy_of(reproduced, tmp_path) -> tuple[Path, str]:
 
 def test_repro_full_dag_then_nothing_then_only_downstream_of_a_generate_param(reproduced, tmp_path):
     repo, first = copy_of(reproduced, tmp_path)
-    assert ran_stages(first) == {"demo", "prepare", "train", "publish", "encoder", "export", "generate", "evaluate"}
+    assert ran_stages(first) == {"demo", "fetch", "prepare", "train", "publish", "encoder", "export", "generate", "evaluate"}
 
     manifest = json.loads((repo / "data/prepared/manifest.json").read_text())
     assert manifest["counts"]["skipped"] == 0 and sum(manifest["counts"][s] for s in ("train", "val", "test")) == 5000
@@ -100,6 +101,30 @@ def test_invalid_param_stops_dvc_repro_with_the_key_named(repo):
     r = sh("dvc repro prepare", repo, check=False)
     assert r.returncode != 0
     assert "image_size" in r.stderr + r.stdout and "must be in [16, 512]" in r.stderr + r.stdout
+
+
+def test_a_torchvision_source_from_files_placed_offline_as_the_docs_run_it(reproduced, tmp_path):
+    """docs/data.md's FashionMNIST command, with the files in place (no network): fetch writes the receipt that
+    prepare's ${source} dep hashes; where the receipt is missing (a fresh clone) fetch alone runs again."""
+    from torchvision_files import write_mnist
+
+    repo, _ = copy_of(reproduced, tmp_path)
+    write_mnist(repo / "data/torchvision")
+    r = sh("dvc exp run train -S source=torchvision:FashionMNIST -S image_size=32 -S channels=1", repo)
+    assert ran_stages(r.stdout) == {"fetch", "prepare", "train"}
+    assert "torchvision:FashionMNIST: 4 files" in r.stdout
+    receipt = repo / "torchvision:FashionMNIST"
+    deps = {d["path"]: d for d in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["prepare"]["deps"]}
+    assert deps["torchvision:FashionMNIST"]["md5"] == hashlib.md5(receipt.read_bytes()).hexdigest()
+    assert json.loads(receipt.read_text())["files"]["FashionMNIST/raw/t10k-images-idx3-ubyte"]["bytes"] == 15696
+    manifest = json.loads((repo / "data/prepared/manifest.json").read_text())
+    assert sum(manifest["counts"][s] for s in ("train", "val", "test")) == 80 and manifest["labels"][9] == "Ankle boot"
+    assert json.loads((repo / "metrics/train.json").read_text())["epochs_done"] == 1
+
+    receipt.unlink()
+    (repo / "data/source.json").unlink()
+    r = sh("dvc repro train", repo)
+    assert ran_stages(r.stdout) == {"fetch"}
 
 
 def train_metrics_of_experiments(repo) -> dict:

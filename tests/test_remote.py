@@ -51,6 +51,16 @@ def assert_status_clean(srv: Server, repo: Path):
     assert "Data and pipelines are up to date" in r.stdout, r.stdout
 
 
+def assert_only_fetch_reruns(srv: Server, repo: Path):
+    """A clone lacks the fetch stage's receipt (in neither git nor the cache: dvc.yaml says why): `dvc status`
+    names it, and `dvc repro` runs that stage alone; every pulled output is up to date."""
+    r = srv.dvc("status", repo)
+    assert "fetch:" in r.stdout and "deleted:            data/source.json" in r.stdout, r.stdout
+    r = srv.dvc("repro", repo)
+    ran = {line.split("'")[1] for line in r.stdout.splitlines() if line.startswith("Running stage '")}
+    assert ran == {"fetch"}, r.stdout
+
+
 def clone(project: SimpleNamespace, dest: Path, up: bool = True) -> Path:
     sh(["git", "clone", "-q", str(project.repo), str(dest)], dest.parent)
     assert not (dest / ".dvc" / "cache").exists()
@@ -119,6 +129,7 @@ def test_fresh_clone_pulls_byte_identical_and_restores_each_commit(project, tmp_
     project.srv.dvc("pull", c)
     pull_s = time.monotonic() - t0
     assert_same(c, project.h2)                                                   # data, models, metrics
+    assert_only_fetch_reruns(project.srv, c)
     assert_status_clean(project.srv, c)
 
     sh(f"git checkout -q {project.first}", c)
