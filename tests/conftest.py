@@ -120,8 +120,10 @@ def run_queue(repo: Path, log: Path, workers: int = 2, limit: float = 600) -> tu
         # would last until the last worker exits, and dvc-task's idle workers sometimes never do (seen once:
         # all experiments done, one worker idle for 8 minutes after "shutting down due to empty queue").
         # So: output to a file, and the queue's status decides when the grid is done.
+        # one torch thread per worker: two workers' OpenMP pools on two cores spin-wait for each other
+        queue_env = {**env(), "OMP_NUM_THREADS": "1"} if workers > 1 else env()
         with open(log, "w") as out:
-            started = subprocess.run(f"dvc queue start -j {workers}", cwd=repo, shell=True, env=env(), stdout=out,
+            started = subprocess.run(f"dvc queue start -j {workers}", cwd=repo, shell=True, env=queue_env, stdout=out,
                                      stderr=subprocess.STDOUT, timeout=120)
         assert started.returncode == 0, log.read_text()
         while time.monotonic() - t0 < limit:
