@@ -1,5 +1,6 @@
-"""Small datasets in torchvision's on-disk formats, written by the tests (no download): MNIST's idx files and
-CIFAR's pickled batches, with patterned pixels (no two images alike) and labels 0..9 in turn."""
+"""Small datasets in torchvision's on-disk formats, written by the tests (no download): MNIST's idx files,
+CIFAR's pickled batches and SVHN's .mat files, with patterned pixels (no two images alike) and labels 0..9 in
+turn."""
 from __future__ import annotations
 
 import gzip
