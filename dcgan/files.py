@@ -1,6 +1,7 @@
-"""Atomic file writes: a reader (or a run killed half-way) never sees half a file."""
+"""Atomic file writes: a reader (or a run killed half-way) never sees half a file. And a file's sha256."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
@@ -56,3 +57,9 @@ def atomic_torch_save(obj, path: Path | str) -> Path:
     import torch  # here, so that modules writing only text or images don't need torch
 
     return atomic_write(path, lambda f: torch.save(obj, f), fsync=True)
+
+
+def sha256_of(path: Path | str) -> str:
+    """The hex sha256 of a file's bytes, read in blocks (never the whole file in memory)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import UserError, brief
+from .files import atomic_write_text, sha256_of
 from .images import prepared_array
 
 PREFIX = "torchvision:"
@@ -231,18 +232,12 @@ def _why(e: BaseException) -> str:
 
 def receipt(d: Dataset, root: Path) -> dict:
     """What the source is, as DVC should track it: the dataset's raw files (under `root`) and their sha256."""
-    def sha256(path: Path) -> str:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-
     return {"source": f"{PREFIX}{d.name}",
-            "files": {p.relative_to(root).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+            "files": {p.relative_to(root).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_of(p)}
                       for p in raw_files(d, root)}}
 
 
 def write_receipt(path: Path, content: dict) -> None:
-    from .files import atomic_write_text
-
     atomic_write_text(path, json.dumps(content, indent=1) + "\n")
 
 

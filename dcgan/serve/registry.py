@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError, brief
-from ..files import atomic_write
+from ..files import atomic_write, sha256_of
 
 ARTIFACT_SPEC = re.compile(r"^(?P<name>[a-z0-9]([a-z0-9-]*[a-z0-9])?)(@(?P<version>[^@/\s]+))?$")
 WORKSPACE_ENCODER = "models/encoder.pt"   # the encoder stage's output: made for the published generator
@@ -52,8 +52,7 @@ def is_artifact_spec(spec: str, stage: str | None) -> bool:
 
 
 def file_version(path: Path) -> str:
-    with open(path, "rb") as f:
-        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()[:12]
+    return "sha256:" + sha256_of(path)[:12]
 
 
 def default_generator() -> str:
