@@ -57,6 +57,11 @@ def sh(cmd: str | list, cwd: Path, check: bool = True, timeout: float = 600, **k
     return r
 
 
+def ran_stages(out: str) -> set:
+    """Stage names dvc actually executed, from `dvc repro`/`dvc exp run` output."""
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
+
+
 def set_params(repo: Path, **changes):
     path = repo / "params.yaml"
     p = yaml.safe_load(path.read_text())

@@ -8,14 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import copy_repo, set_params, sh
+from conftest import copy_repo, ran_stages, set_params, sh
 
 pytestmark = pytest.mark.integration
-
-
-def ran_stages(out: str) -> set:
-    """Stage names dvc actually executed, from `dvc repro`/`dvc exp run` output."""
-    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import VENV_BIN, copy_repo, sh
+from conftest import VENV_BIN, copy_repo, ran_stages, sh
 from locals3.tests.helpers import Server, digests, rclone_error, sha256
 
 pytestmark = pytest.mark.integration
@@ -57,8 +57,7 @@ def assert_only_fetch_reruns(srv: Server, repo: Path):
     r = srv.dvc("status", repo)
     assert "fetch:" in r.stdout and "deleted:            data/source.json" in r.stdout, r.stdout
     r = srv.dvc("repro", repo)
-    ran = {line.split("'")[1] for line in r.stdout.splitlines() if line.startswith("Running stage '")}
-    assert ran == {"fetch"}, r.stdout
+    assert ran_stages(r.stdout) == {"fetch"}, r.stdout
 
 
 def clone(project: SimpleNamespace, dest: Path, up: bool = True) -> Path:
